@@ -1,0 +1,249 @@
+"""Structured, validated experiment configuration (omegaconf structured configs).
+
+A YAML file is merged onto the schema below, then dotted command-line overrides on top. Every
+problem (unknown key, wrong type, value out of range, unknown strategy/stream name) is raised as
+a one-line :class:`ConfigError` naming the key and the allowed values, before anything starts.
+Strategy hyper-parameters live beside ``strategy.name`` and are validated against the strategy
+class's own ``Params`` dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from continual.errors import ConfigError
+from continual.registry import CONTROLS, STRATEGIES, STREAMS
+
+TRAINABLE = ("projections", "image", "text", "all", "none")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "constant")
+LABEL_SPACES = ("seen", "current", "all")
+
+
+@dataclass
+class ModelConfig:
+    # An open_clip model name (built-in, e.g. ViT-B-16, or one we register: lit-effnet-minilm,
+    # tiny-vit).
+    name: str = "lit-effnet-minilm"
+    # An open_clip pretrained tag (e.g. "openai"), a local checkpoint path, "base:NAME" for a
+    # base built by `continual pretrain` (built on demand), or "" for random initialisation.
+    pretrained: str = "base:lit"
+    # Which parameters train: projections | image | text | all | none.
+    trainable: str = "projections"
+    train_logit_scale: bool = False
+    # Prompt templates for class names; "{}" is replaced by the class name.
+    templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
+
+
+@dataclass
+class StreamConfig:
+    name: str = "fashion-mnist"
+    n_sessions: int = 5
+    # Examples per class kept for training / testing (0 = all); seeded sample.
+    train_per_class: int = 500
+    test_per_class: int = 200
+    # Explicit class order (labels); empty = shuffled with the run's seed.
+    class_order: List[int] = field(default_factory=list)
+    # Folder holding the data; null = the default locations (see the stream's docstring).
+    root: Optional[str] = None
+
+
+@dataclass
+class ControlConfig:
+    # Data never trained on, evaluated after every session; null = none.
+    name: Optional[str] = "heldout-captions"
+    sources: List[str] = field(default_factory=lambda: ["emoji", "tux"])
+    # Must match the base's held-out split so that the control data is truly unseen.
+    heldout_fraction: float = 0.15
+    split_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    label_smoothing: float = 0.0
+    # Classes the training loss ranges over: seen so far | current session | all of the stream.
+    label_space: str = "seen"
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    # Classes a test image is classified among: all of the stream's classes (so that future
+    # sessions' columns are meaningful zero-shot) | seen so far plus the evaluated session's.
+    label_space: str = "all"
+
+
+@dataclass
+class TrackingConfig:
+    # MLflow tracking URI; null = sqlite store in output_dir (sqlite:///OUTPUT_DIR/mlflow.db).
+    uri: Optional[str] = None
+    experiment: str = "continual"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    device: str = "cpu"
+    # Where the MLflow store, artifacts and checkpoints go by default.
+    output_dir: str = "outputs"
+    # torch intra-op threads; 0 = torch's default.
+    threads: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    strategy: Dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfig:
+    """Schema <- YAML file <- dotted overrides, validated. Raises a one-line ConfigError."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (give the path of a YAML file, e.g. configs/default.yaml)")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml errors are multi-line: keep the first line
+            raise ConfigError(f"{path}: not valid YAML: {_first_line(exc)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and name checks the schema's types cannot express."""
+    _positive(cfg, "stream.n_sessions", "train.batch_size", "eval.batch_size")
+    _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps",
+                  "stream.train_per_class", "stream.test_per_class", "threads")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if not 0 <= cfg.train.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
+    if not 0 < cfg.control.heldout_fraction < 1:
+        raise ConfigError(f"control.heldout_fraction must be in (0, 1), got {cfg.control.heldout_fraction}")
+    _choice(cfg, "model.trainable", TRAINABLE)
+    _choice(cfg, "train.optimizer", OPTIMIZERS)
+    _choice(cfg, "train.scheduler", SCHEDULERS)
+    _choice(cfg, "train.label_space", LABEL_SPACES)
+    _choice(cfg, "eval.label_space", ("all", "seen"))
+    if not cfg.model.templates or any("{}" not in t for t in cfg.model.templates):
+        raise ConfigError("model.templates: give at least one template, each containing '{}' for the class name")
+    if "name" not in cfg.strategy:
+        raise ConfigError("strategy.name is missing; choose one of: " + ", ".join(STRATEGIES.names()))
+    STRATEGIES.check(str(cfg.strategy.name), "strategy.name")
+    STREAMS.check(cfg.stream.name, "stream.name")
+    if cfg.control.name is not None:
+        CONTROLS.check(cfg.control.name, "control.name")
+
+
+def strategy_params(cfg: DictConfig, params_cls: type | None) -> Any:
+    """Validate ``strategy.*`` (minus ``name``) against the strategy's ``Params`` dataclass."""
+    given = {k: v for k, v in OmegaConf.to_container(cfg.strategy, resolve=True).items() if k != "name"}
+    if params_cls is None:
+        if given:
+            raise ConfigError(f"strategy.{next(iter(given))}: strategy '{cfg.strategy.name}' takes no parameters")
+        return None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(params_cls), given)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, prefix="strategy.", allowed=[f.name for f in dataclasses.fields(params_cls)]) from None
+    return OmegaConf.to_object(merged)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ---------------------------------------------------------------------------------------------
+def _explain(exc: OmegaConfBaseException, prefix: str = "", allowed: List[str] | None = None) -> ConfigError:
+    """Turn omegaconf's multi-line error into one line naming the key and the allowed values."""
+    key = prefix + (getattr(exc, "full_key", None) or "")
+    if isinstance(exc, ConfigKeyError):
+        parent, _, leaf = key.rpartition(".")
+        options = allowed if allowed is not None else _keys_of(parent.removeprefix(prefix) if prefix else parent)
+        close = difflib.get_close_matches(leaf, options, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        where = f" in '{parent}'" if parent else ""
+        return ConfigError(f"unknown config key '{key}'{hint}; allowed{where}: {', '.join(options) or '(none)'}")
+    if isinstance(exc, ValidationError):
+        expected = getattr(exc, "ref_type", None) or getattr(exc, "object_type", None)
+        msg = _first_line(exc)
+        m = re.search(r"Value '(.*?)' (?:of type '.*?' )?could not be converted to (\w+)", msg)
+        if m:
+            return ConfigError(f"{key}: expected {m.group(2)}, got '{m.group(1)}'")
+        return ConfigError(f"{key}: {msg}" + (f" (expected {expected})" if expected else ""))
+    return ConfigError(f"{key or 'config'}: {_first_line(exc)}")
+
+
+def _keys_of(dotted: str) -> List[str]:
+    node: Any = ExperimentConfig
+    for part in filter(None, dotted.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return []
+        node = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING else None
+        node = type(node) if dataclasses.is_dataclass(node) else None
+        if node is None:
+            return []
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)}")
+
+
+def _non_negative(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
+
+
+def _choice(cfg: DictConfig, key: str, options: tuple) -> None:
+    value = _get(cfg, key)
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key}: '{value}' is not allowed{hint}; choose one of: {', '.join(options)}")
