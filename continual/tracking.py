@@ -1,0 +1,729 @@
+"""MLflow tracking: store URIs, run metadata, the Avalanche/MLflow logger, and server helpers.
+
+Everything goes through an explicit ``mlflow.MlflowClient(tracking_uri)``; nothing here reads
+or mutates MLflow's process-global state (``mlflow.set_tracking_uri``, the active run), so two
+loggers writing to two different stores can coexist in one process.
+
+This module imports avalanche (6-8 s) at import time, because :class:`MLflowLogger` must
+subclass Avalanche's ``BaseLogger``. Import it only inside the commands that need it, never at
+CLI start-up.
+
+Store conventions: a local store is ``sqlite:///<abs output_dir>/mlflow.db`` with artifacts in
+``<abs output_dir>/mlartifacts`` (MLflow refuses the old ``file:`` store unless
+``MLFLOW_ALLOW_FILE_STORE=true``). A remote store is an ``http(s)://`` tracking server.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metric_results import AlternativeValues, TensorImage
+from avalanche.logging import BaseLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from continual.errors import UserError
+
+__all__ = [
+    "TrackingError",
+    "default_tracking_uri",
+    "default_artifact_root",
+    "check_tracking_uri",
+    "run_metadata",
+    "flatten",
+    "MLflowLogger",
+    "start_ui",
+    "start_server_process",
+    "stop_server_process",
+    "wait_healthy",
+]
+
+# MLflow's own limits (mlflow.utils.validation); exceeding them makes the whole call fail.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+_MAX_PARAMS_TAGS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+# Error tags are shown in the runs table: keep them short enough to read there.
+_MAX_ERROR_LENGTH = 1000
+
+_PACKAGES = {  # run_metadata key -> distribution name on PyPI
+    "torch": "torch",
+    "open_clip": "open_clip_torch",
+    "avalanche": "avalanche-lib",
+    "mlflow": "mlflow",
+    "numpy": "numpy",
+}
+
+
+class TrackingError(UserError, ValueError):
+    """The tracking store cannot be used; the one-line message names the URI and the fix."""
+
+
+# --------------------------------------------------------------------------- #
+# Store locations and checks
+# --------------------------------------------------------------------------- #
+def _abspath(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def default_tracking_uri(output_dir: str) -> str:
+    """The local sqlite store of an output directory: ``sqlite:///<abs output_dir>/mlflow.db``."""
+    return "sqlite:///" + os.path.join(_abspath(output_dir), "mlflow.db")
+
+
+def default_artifact_root(output_dir: str) -> str:
+    """Where runs of the local store keep their artifacts: ``<abs output_dir>/mlartifacts``."""
+    return os.path.join(_abspath(output_dir), "mlartifacts")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (SQLAlchemy form), None for in-memory."""
+    # sqlite:///rel.db is relative to the cwd, sqlite:////abs.db is absolute.
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return None
+    return Path(_abspath(path))
+
+
+def _is_local_path(location: str) -> bool:
+    """True for a plain path (no URI scheme; a one-letter scheme is a Windows drive)."""
+    return len(urllib.parse.urlparse(location).scheme) <= 1
+
+
+def _one_line(text: str, limit: int) -> str:
+    """Collapse whitespace (newlines included) and truncate to `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when the tracking store cannot be used.
+
+    - ``http(s)://``: GET ``<uri>/health`` must answer 200 within `timeout` seconds.
+    - ``sqlite:///``: the database's directory must be creatable and writable.
+    - ``file:`` / plain paths: refused (MLflow 3 refuses them too) unless
+      ``MLFLOW_ALLOW_FILE_STORE=true``.
+    Other schemes (postgresql://, databricks, ...) are passed through unchecked.
+
+    Raises TrackingError with a one-line message naming the URI and the fix.
+    """
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout) as response:
+                status = response.status
+            reason = None if status == 200 else f"HTTP {status}"
+        except urllib.error.HTTPError as e:
+            reason = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        if reason is not None:
+            raise TrackingError(
+                _one_line(
+                    f"MLflow tracking server {uri} is unreachable ({reason}): start it with "
+                    f"`continual ui` / `mlflow server --backend-store-uri sqlite:///PATH "
+                    f"--host 127.0.0.1 --port PORT`, or set tracking.uri to a reachable "
+                    f"server or a sqlite:/// path",
+                    2 * _MAX_ERROR_LENGTH,
+                )
+            )
+    elif scheme == "sqlite":
+        db = _sqlite_path(uri)
+        if db is None:
+            return
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(
+                _one_line(
+                    f"tracking store {uri}: cannot create directory {db.parent} ({e.strerror or e}); "
+                    f"set tracking.uri to a sqlite:/// path in a writable directory",
+                    2 * _MAX_ERROR_LENGTH,
+                )
+            ) from None
+        target = db if db.exists() else db.parent
+        if not os.access(target, os.W_OK):
+            raise TrackingError(
+                f"tracking store {uri}: {target} is not writable; "
+                f"set tracking.uri to a sqlite:/// path in a writable directory"
+            )
+    elif scheme == "file" or _is_local_path(uri):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            raise TrackingError(
+                f"tracking store {uri}: MLflow refuses file stores; "
+                f"set tracking.uri to sqlite:///PATH/mlflow.db or an http:// server"
+            )
+
+
+# --------------------------------------------------------------------------- #
+# Run metadata and params
+# --------------------------------------------------------------------------- #
+def _git(args: Sequence[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def run_metadata() -> dict[str, str]:
+    """Versions of the packages that shape results, plus the project's git commit.
+
+    Keys: torch, open_clip, avalanche, mlflow, numpy, python, git_commit. Versions come from
+    the installed distributions' metadata (no imports); a missing one is "not installed".
+    git_commit is the checkout's HEAD, with "-dirty" when ``git status --porcelain`` reports
+    changes, or "unknown" when this package is not in a git checkout with a commit.
+    """
+    info: dict[str, str] = {}
+    for key, dist in _PACKAGES.items():
+        try:
+            info[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[key] = "not installed"
+    info["python"] = platform.python_version()
+
+    package_dir = Path(__file__).resolve().parent
+    commit = _git(["rev-parse", "HEAD"], package_dir)
+    if not commit:
+        info["git_commit"] = "unknown"
+    else:
+        dirty = _git(["status", "--porcelain"], package_dir)
+        info["git_commit"] = commit + ("-dirty" if dirty else "")
+    return info
+
+
+def _truncate(value: str, limit: int) -> str:
+    """Cut `value` to at most `limit` characters, marking the cut so it is not mistaken."""
+    if len(value) <= limit:
+        return value
+    marker = f"...[truncated {len(value)} chars]"
+    return value[: limit - len(marker)] + marker
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, bytes)) or not isinstance(value, (Mapping, Sequence))
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into MLflow params: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``.
+
+    Lists of scalars stay one value (``"[1, 2, 3]"``: a list of 100 class names should not
+    become 100 params); lists that contain mappings or lists are expanded by index
+    (``"layers.0.width"``). Empty mappings/lists are kept as ``"{}"`` / ``"[]"``.
+    Values are strings, cut to MLflow's 6000-character limit with a visible marker.
+    Works on OmegaConf containers too (DictConfig is a Mapping, ListConfig a Sequence).
+    """
+    out: dict[str, str] = {}
+
+    def visit(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            if not value and key:
+                out[key] = "{}"
+            for k, v in value.items():
+                visit(v, f"{key}.{k}" if key else str(k))
+        elif not _is_scalar(value):
+            items = list(value)
+            if all(_is_scalar(v) for v in items):
+                out[key] = _truncate(str(items), MAX_PARAM_VALUE_LENGTH)
+            else:
+                for i, v in enumerate(items):
+                    visit(v, f"{key}.{i}")
+        else:
+            out[key] = _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
+
+    visit(d, prefix)
+    return out
+
+
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def _safe_key(name: str) -> str:
+    """Make `name` a valid MLflow metric/param/tag key (Avalanche names keep their '/')."""
+    key = _BAD_KEY_CHARS.sub("_", str(name))
+    key = re.sub(r"/+", "/", key).strip("/")  # MLflow rejects non-normalized paths
+    return key[:MAX_KEY_LENGTH] or "_"
+
+
+def _as_number(value: Any) -> float | None:
+    """A float for int/float/bool/numpy scalars/0-d tensors, None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return float(value.item()) if value.numel() == 1 and value.dim() == 0 else None
+    if isinstance(value, np.ndarray):
+        return float(value) if value.ndim == 0 and value.dtype.kind in "biuf" else None
+    if isinstance(value, numbers.Real):  # int, float, bool, numpy scalars
+        return float(value)
+    return None
+
+
+def _chunks(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- #
+# The logger
+# --------------------------------------------------------------------------- #
+class MLflowLogger(BaseLogger, SupervisedPlugin):
+    """Log a continual-learning run to MLflow, from our code and from Avalanche.
+
+    Pass it to ``EvaluationPlugin(..., loggers=[logger])``: every Avalanche metric value is
+    then logged as an MLflow metric named like the Avalanche metric
+    (``Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000``) with ``step = x_plot``.
+    Our own code logs through :meth:`log_metrics` (a mapping), :meth:`log_matrix`,
+    :meth:`log_text` and :meth:`log_json`, then calls :meth:`finish`.
+
+    As a context manager the run ends FINISHED, or FAILED with an ``error`` tag when the
+    block raises (the exception still propagates).
+
+    Call :func:`check_tracking_uri` first: MLflow's client retries an unreachable server for
+    minutes before it gives up.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str = "continual",
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        artifact_location: str | None = None,
+    ) -> None:
+        """Open the run: a new one in `experiment`, or the existing `run_id` (resume).
+
+        :param tracking_uri: ``sqlite:///...`` or ``http(s)://...``.
+        :param experiment: created when missing (restored when deleted).
+        :param run_name: name of a new run (ignored when re-opening `run_id`).
+        :param run_id: re-open this run instead of starting one; it is set back to RUNNING.
+        :param tags: extra run tags; ``version.<pkg>`` and ``git_commit`` are always added.
+        :param params: nested config, logged flattened (see :func:`flatten`). On resume,
+            params already on the run are kept (MLflow params are immutable); a changed
+            value gives a warning.
+        :param artifact_location: for a new experiment. Default for a sqlite store: the
+            ``mlartifacts`` directory next to the database (MLflow would otherwise use
+            ``./mlruns`` relative to the current directory); for a server, its default.
+        """
+        super().__init__()
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._finished = False
+
+        if run_id is None:
+            self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
+            run = self.client.create_run(self.experiment_id, run_name=run_name)
+        else:
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException as e:
+                raise TrackingError(
+                    _one_line(f"cannot re-open run {run_id} in {tracking_uri}: {e.message}", 2000)
+                ) from None
+            self.experiment_id = run.info.experiment_id
+            if run.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        self.run_id: str = run.info.run_id
+
+        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        meta = run_metadata()
+        all_tags["git_commit"] = meta.pop("git_commit")
+        all_tags.update({f"version.{k}": v for k, v in meta.items()})
+        flat = flatten(params or {})
+        if run_id is not None:
+            flat = self._new_params(flat, run.data.params)
+        self._log_params_and_tags(flat, all_tags)
+
+    def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
+            db = _sqlite_path(self.tracking_uri)
+            if db is not None:
+                artifact_location = str(db.parent / "mlartifacts")
+        elif artifact_location is not None and _is_local_path(artifact_location):
+            # A relative path would be stored as-is and resolved against a later cwd.
+            artifact_location = _abspath(artifact_location)
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            # Another process created it between our lookup and create.
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _new_params(self, flat: dict[str, str], existing: Mapping[str, str]) -> dict[str, str]:
+        """Params not yet on a re-opened run; warn about those whose value changed."""
+        new = {}
+        for key, value in flat.items():
+            old = existing.get(_safe_key(key))
+            if old is None:
+                new[key] = value
+            elif old != value:
+                warnings.warn(
+                    f"MLflow run {self.run_id}: param {key!r} keeps its logged value {old!r}, "
+                    f"not the resumed run's {value!r} (MLflow params are immutable)"
+                )
+        return new
+
+    def _log_params_and_tags(self, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
+        param_list = [Param(_safe_key(k), v) for k, v in params.items()]
+        tag_list = [
+            RunTag(_safe_key(k), _truncate(v, MAX_TAG_VALUE_LENGTH)) for k, v in tags.items()
+        ]
+        # MLflow caps params + tags per batch at 100 together.
+        for chunk in _chunks(param_list, _MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+        for chunk in _chunks(tag_list, _MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    # ---- metrics ---------------------------------------------------------- #
+    def log_metrics(
+        self, metrics: Mapping[str, Any] | Sequence[Any], step: int | None = None
+    ) -> None:
+        """Log several metrics in one batched call.
+
+        Two callers share this name: our code passes a mapping ``{name: value}`` and a `step`;
+        Avalanche's EvaluationPlugin passes a list of ``MetricValue`` (its BaseLogger API),
+        each with its own ``x_plot`` used as step. None and NaN values are skipped; in the
+        Avalanche case non-numeric values (images, figures) go to :meth:`log_single_metric`.
+        """
+        if isinstance(metrics, Mapping):
+            if step is None:
+                raise TypeError("log_metrics(mapping) needs a step")
+            self._log_numbers([(name, value, step) for name, value in metrics.items()])
+            return
+        # Avalanche: expand dict values like BaseLogger.log_metrics does.
+        triples = []
+        for mval in metrics:
+            if isinstance(mval.value, dict):
+                triples += [(f"{mval.name}/{k}", v, mval.x_plot) for k, v in mval.value.items()]
+            else:
+                triples.append((mval.name, mval.value, mval.x_plot))
+        numeric = []
+        for name, value, x_plot in triples:
+            if _as_number(value) is None:
+                self.log_single_metric(name, value, x_plot)
+            else:
+                numeric.append((name, value, x_plot))
+        self._log_numbers(numeric)
+
+    def _log_numbers(self, triples: Sequence[tuple[str, Any, int]]) -> None:
+        now = _now_ms()
+        entities = []
+        for name, value, step in triples:
+            number = _as_number(value)
+            if number is None or math.isnan(number):
+                continue
+            entities.append(Metric(_safe_key(name), number, now, int(step)))
+        for chunk in _chunks(entities, _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
+        """Avalanche hook for one metric value.
+
+        Numbers (int, float, 0-d tensors) become MLflow metrics with ``step = x_plot``.
+        Images and figures (e.g. a confusion matrix) become PNG artifacts
+        ``avalanche/<name>/step_<x_plot>.png``. Other values (histogram tensors,
+        checkpoint bytes, strings) are skipped.
+        """
+        if isinstance(value, AlternativeValues):
+            value = value.best_supported_value(
+                numbers.Real, torch.Tensor, Figure, Image.Image, TensorImage
+            )
+            if value is None:
+                return
+        if _as_number(value) is not None:
+            self._log_numbers([(name, value, x_plot)])
+            return
+        artifact_file = f"avalanche/{_safe_key(name)}/step_{int(x_plot):06d}.png"
+        if isinstance(value, Figure):
+            self.client.log_figure(self.run_id, value, artifact_file)
+        elif isinstance(value, Image.Image):
+            self.client.log_image(self.run_id, value, artifact_file=artifact_file)
+        elif isinstance(value, TensorImage):
+            array = np.asarray(value)  # C x H x W float in [0, 1]
+            if array.ndim == 3:
+                array = np.moveaxis(array, 0, -1)
+            self.client.log_image(self.run_id, np.clip(array, 0.0, 1.0), artifact_file=artifact_file)
+
+    # ---- artifacts -------------------------------------------------------- #
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write `text` to the run's artifact `artifact_file` (replacing an earlier one)."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        """Write `obj` as indented JSON to `artifact_file`; unknown types are written via str()."""
+        self.log_text(json.dumps(obj, indent=2, default=str) + "\n", artifact_file)
+
+    log_dict = log_json
+
+    def log_matrix(
+        self,
+        name: str,
+        R: np.ndarray,
+        row_labels: Sequence[str],
+        col_labels: Sequence[str],
+        title: str | None = None,
+        value_label: str = "accuracy",
+    ) -> None:
+        """Log a (possibly partial) accuracy matrix as three artifacts.
+
+        - ``<name>.csv``: header row (empty corner cell, then `col_labels`), one row per
+          `row_labels` entry; values at full precision, NaN as ``nan``.
+        - ``<name>_heatmap.png``: heatmap with every cell's value printed.
+        - ``<name>_curves.png``: one line per column (a session's test data) against the
+          rows (training progress).
+        Row i is e.g. "before training" / "after session i", column j "session j".
+        Calling it again with the same `name` replaces the three files. `name` may contain
+        '/' to put them in a sub-directory.
+        """
+        R = np.asarray(R, dtype=float)
+        if R.ndim != 2 or R.shape != (len(row_labels), len(col_labels)):
+            raise ValueError(
+                f"log_matrix({name!r}): matrix shape {R.shape} does not match "
+                f"{len(row_labels)} row labels x {len(col_labels)} column labels"
+            )
+        title = title or name
+        # Write everything first, upload once: a failure leaves no partial artifact set.
+        with tempfile.TemporaryDirectory(prefix="continual-matrix-") as tmp:
+            base = Path(tmp, name)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            with open(f"{base}.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["", *col_labels])
+                for label, row in zip(row_labels, R):
+                    writer.writerow([label, *(repr(float(v)) for v in row)])
+            _heatmap(R, row_labels, col_labels, title).savefig(f"{base}_heatmap.png", dpi=120)
+            _curves(R, row_labels, col_labels, title, value_label).savefig(
+                f"{base}_curves.png", dpi=120
+            )
+            self.client.log_artifacts(self.run_id, tmp)
+
+    # ---- end of run ------------------------------------------------------- #
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the run with `status` (FINISHED, FAILED or KILLED); later calls do nothing.
+
+        `error` is stored as the tag ``error``, collapsed to one line and truncated.
+        """
+        if self._finished:
+            return
+        status = status.upper()
+        RunStatus.from_string(status)  # raises on a typo, before anything is written
+        if error:
+            self.client.set_tag(self.run_id, "error", _one_line(error, _MAX_ERROR_LENGTH))
+        self.client.set_terminated(self.run_id, status=status)
+        self._finished = True
+
+    def __enter__(self) -> "MLflowLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish("FINISHED")
+        else:
+            self.finish("FAILED", error=f"{exc_type.__name__}: {exc}")
+
+    # Avalanche checkpoints pickle the strategy, loggers included; a client (which may hold
+    # a database engine) does not pickle, so rebuild it from the URI.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("client", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
+
+def _value_format(R: np.ndarray) -> str:
+    finite = R[np.isfinite(R)]
+    # Accuracies in [0, 1] need 3 decimals to show small forgetting; percentages need 1.
+    return "{:.3f}" if finite.size == 0 or np.abs(finite).max() <= 1.0 else "{:.1f}"
+
+
+def _heatmap(
+    R: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str
+) -> Figure:
+    rows, cols = R.shape
+    size = (max(4.0, 1.0 * cols + 2.5), max(3.0, 0.55 * rows + 1.8))
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    finite = R[np.isfinite(R)]
+    in_unit = finite.size == 0 or (finite.min() >= 0.0 and finite.max() <= 1.0)
+    # A fixed 0..1 scale keeps colours comparable across runs; otherwise use the data range.
+    vmin, vmax = (0.0, 1.0) if in_unit else (float(finite.min()), float(finite.max()))
+    image = ax.imshow(np.ma.masked_invalid(R), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    fig.colorbar(image, ax=ax)
+    fmt = _value_format(R)
+    fontsize = 9 if cols <= 10 else 7
+    for i in range(rows):
+        for j in range(cols):
+            v = R[i, j]
+            if np.isfinite(v):
+                dark = (v - vmin) / ((vmax - vmin) or 1.0) < 0.6  # viridis is dark below ~0.6
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize,
+                        color="white" if dark else "black")
+            else:
+                ax.text(j, i, "-", ha="center", va="center", fontsize=fontsize, color="gray")
+    slanted = cols > 6  # long label rows overlap unless slanted
+    ax.set_xticks(range(cols), [str(c) for c in col_labels],
+                  rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(range(rows), [str(r) for r in row_labels])
+    ax.set_xlabel("test data of")
+    ax.set_ylabel("model")
+    ax.set_title(title)
+    return fig
+
+
+def _curves(
+    R: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, value_label: str
+) -> Figure:
+    rows, cols = R.shape
+    fig = Figure(figsize=(max(5.0, 0.7 * rows + 3.0), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(rows)
+    for j in range(cols):
+        ax.plot(x, R[:, j], marker="o", label=str(col_labels[j]))
+    slanted = rows > 4  # "after session 10" labels overlap unless slanted
+    ax.set_xticks(x, [str(r) for r in row_labels],
+                  rotation=30 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_xlabel("training progress")
+    ax.set_ylabel(f"{value_label} on test data")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(title="test data of", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# Tracking server
+# --------------------------------------------------------------------------- #
+def _mlflow_command() -> list[str]:
+    # The mlflow of this interpreter, not whatever `mlflow` is first on PATH.
+    return [sys.executable, "-m", "mlflow"]
+
+
+def start_ui(store_uri: str, artifact_root: str, port: int = 5000) -> int:
+    """Run ``mlflow ui`` on 127.0.0.1:`port` in the foreground until Ctrl-C; returns its exit code."""
+    Path(artifact_root).mkdir(parents=True, exist_ok=True)
+    command = _mlflow_command() + [
+        "ui",
+        "--backend-store-uri", store_uri,
+        "--default-artifact-root", artifact_root,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+    ]
+    try:
+        return subprocess.run(command).returncode
+    except KeyboardInterrupt:  # Ctrl-C is how the user stops the UI: not an error
+        return 0
+
+
+def start_server_process(
+    store_uri: str,
+    artifact_root: str,
+    port: int,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    log_path: str | None = None,
+) -> subprocess.Popen:
+    """Start ``mlflow server`` in the background; stop it with :func:`stop_server_process`.
+
+    Artifacts are proxied (``--artifacts-destination``): clients upload them over HTTP and
+    need no access to `artifact_root`. The server runs in its own process group so that
+    stopping it also stops its workers. Output goes to `log_path` (default: discarded).
+    Call :func:`wait_healthy` before using it (it takes about 10 s to answer).
+    """
+    Path(artifact_root).mkdir(parents=True, exist_ok=True)
+    command = _mlflow_command() + [
+        "server",
+        "--backend-store-uri", store_uri,
+        "--artifacts-destination", artifact_root,
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+    ]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log_path:
+            out.close()  # the child has its own copy of the descriptor
+
+
+def stop_server_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate a server from :func:`start_server_process` and its workers; kill if stuck."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own group (start_new_session), not ours
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def wait_healthy(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``<url>/health`` until it answers 200; TrackingError after `timeout` seconds.
+
+    With `proc`, give up at once if that server process has exited.
+    """
+    deadline = time.monotonic() + timeout
+    health = url.rstrip("/") + "/health"
+    while True:
+        try:
+            with urllib.request.urlopen(health, timeout=2.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise TrackingError(
+                f"MLflow server for {url} exited with code {proc.returncode} "
+                f"before answering /health"
+            )
+        if time.monotonic() > deadline:
+            raise TrackingError(f"MLflow server {url} did not answer /health within {timeout:.0f} s")
+        time.sleep(0.25)
