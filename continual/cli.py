@@ -1,0 +1,159 @@
+"""The ``continual`` command.
+
+Heavy imports (torch, avalanche, mlflow) happen inside the commands that need them, so
+``continual --help`` answers at once. A user error (bad config, missing data, unreachable
+tracking server) is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from continual.errors import UserError
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    # avalanche imports qpsolvers, which warns about solvers none of our strategies use
+    warnings.filterwarnings("ignore", message="no QP solver")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="continual", description="Continual-learning experiments for CLIP models, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment from a YAML config",
+                         description="Run an experiment: CONFIG, then dotted key=value overrides (omegaconf).")
+    run.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stream.n_sessions=2")
+    run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; train nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=cmd_run)
+
+    pre = sub.add_parser("pretrain", help="build a base model offline (contrastive training on image-caption pairs)")
+    pre.add_argument("config", nargs="?", help="pretrain YAML (default: the built-in 'lit' recipe)")
+    pre.add_argument("overrides", nargs="*", help="dotted overrides, e.g. epochs=10")
+    pre.set_defaults(handler=cmd_pretrain)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on the default store")
+    ui.add_argument("--output-dir", default="outputs", help="the runs' output_dir (default: outputs)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=cmd_ui)
+
+    met = sub.add_parser("metrics", help="summary metrics of an accuracy matrix CSV",
+                         description="Rows: after session i; columns: session j's test data. A T x T matrix has "
+                                     "rows after sessions 1..T; a (T+1) x T matrix has the model before any "
+                                     "training as its first row.")
+    met.add_argument("matrix", help="CSV file")
+    met.add_argument("--format", choices=("text", "json"), default="text")
+    met.add_argument("--weights", help="comma-separated test-set sizes per session (for average incremental accuracy)")
+    met.set_defaults(handler=cmd_metrics)
+
+    lst = sub.add_parser("list", help="the registered strategies, streams and control sets")
+    lst.set_defaults(handler=cmd_list)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from continual.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from continual import runner
+
+    if args.dry_run:
+        print("\n".join(runner.plan(cfg)))
+        print("config valid; nothing trained (--dry-run)")
+        return 0
+    result = runner.run(cfg, progress=not args.no_progress)
+    print()
+    print(final_report(result, cfg))
+    return 0
+
+
+def final_report(result, cfg) -> str:
+    import numpy as np
+    from continual.metrics import format_summary
+
+    T = result.accuracy.shape[1]
+    lines = ["Accuracy matrix (%): rows = after session i (0 = before training), columns = session j's test data",
+             "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(T))]
+    for i, row in enumerate(result.accuracy):
+        lines.append(f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row))
+    keys = {k: v for k, v in result.summary.items() if not k.startswith(("acc/session_", "control/i2t_r5", "control/i2t_r10",
+                                                                          "control/t2i_r5", "control/t2i_r10"))}
+    lines += ["", "Summary after the last session:", format_summary(keys), ""]
+    lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
+    if not cfg.tracking.uri:
+        lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then http://127.0.0.1:5000)")
+    return "\n".join(lines)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from continual.pretrain import base_path, load_pretrain_config, pretrain
+
+    cfg = load_pretrain_config(args.config, args.overrides)
+    report = pretrain(cfg)
+    print(json.dumps(report, indent=2))
+    print(f"saved {base_path(cfg)}  (use it with model.pretrained={base_path(cfg)})")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from continual.tracking import default_artifact_root, default_tracking_uri, start_ui
+
+    uri = default_tracking_uri(args.output_dir)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)")
+    return start_ui(uri, default_artifact_root(args.output_dir), args.port)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import numpy as np
+    from continual import metrics as M
+
+    try:
+        R = M.load_matrix_csv(args.matrix)
+        initial = M.matrix_layout(R)
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        summary = M.summarize(R, initial_row=initial, weights=weights)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    summary["sessions"] = float(R.shape[1])
+    summary["initial_row"] = float(initial)
+    if args.format == "json":
+        print(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in summary.items()}, indent=2))
+    else:
+        print(M.format_summary(summary))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from continual.registry import CONTROLS, STRATEGIES, STREAMS
+
+    for title, registry in (("strategies", STRATEGIES), ("streams", STREAMS), ("control sets", CONTROLS)):
+        print(f"{title}:")
+        for name, summary in registry.summaries().items():
+            print(f"  {name:<18} {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Evaluation after every session: accuracy on each session's test data, retrieval on pairs."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from continual.heads import ClipClassifier, restrict
+from continual.metrics import retrieval_metrics
+from continual.stream import ControlSet
+
+
+@torch.no_grad()
+def accuracy(classifier: ClipClassifier, dataset: Any, classes: Optional[Sequence[int]] = None,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) of ``classifier`` on ``dataset`` (items ``(input, label, ...)``),
+    classifying among ``classes`` (all of the classifier's classes when None)."""
+    was_training = classifier.training
+    classifier.eval()
+    correct = total = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        x, y = batch[0], torch.as_tensor(batch[1])
+        logits = classifier(x)
+        if classes is not None:
+            logits, y = restrict(logits, y, classes)
+        correct += int((logits.argmax(dim=1) == y).sum())
+        total += len(y)
+    classifier.train(was_training)
+    return 100.0 * correct / max(total, 1)
+
+
+@torch.no_grad()
+def encode_all(encode: Any, inputs: Any, batch_size: int) -> torch.Tensor:
+    """L2-normalised features of ``inputs`` (a tensor or a dataset of tensors), in batches."""
+    loader = inputs.split(batch_size) if torch.is_tensor(inputs) else DataLoader(inputs, batch_size=batch_size)
+    return torch.cat([F.normalize(encode(x), dim=-1) for x in loader])
+
+
+@torch.no_grad()
+def retrieval(model: torch.nn.Module, control: ControlSet, batch_size: int = 256) -> dict[str, float]:
+    """Image-to-text and text-to-image R@1/5/10 and median ranks on the control pairs."""
+    was_training = model.training
+    model.eval()
+    images = encode_all(model.encode_image, control.image_inputs, batch_size)
+    texts = encode_all(model.encode_text, control.text_inputs, batch_size)
+    model.train(was_training)
+    sim = (images @ texts.t()).numpy().astype(np.float64)
+    return retrieval_metrics(sim, control.caption_image.numpy())

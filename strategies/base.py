@@ -1,0 +1,134 @@
+"""The strategy base: CLIP classification trained session by session on Avalanche's template.
+
+``ClipStrategy`` is an Avalanche ``SupervisedTemplate`` whose model is a
+:class:`continual.heads.ClipClassifier` (logits = s * f_I(x) W^T over the stream's class names)
+and whose loss is label-smoothed cross-entropy over the configured label space:
+
+    L_task = CE(restrict(logits, label space), y; smoothing)
+
+Methods add behaviour the Avalanche way: as plugins (callbacks that add loss terms in
+``before_backward`` or act after an experience), or by overriding ``criterion``; a method's
+hyper-parameters are a ``Params`` dataclass validated from the config's ``strategy`` section.
+A fresh optimizer is built for every session over the trainable parameters only, with a cosine
+(or constant) learning-rate schedule and optional linear warm-up, restarting each session.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+
+from continual.heads import ClipClassifier, restrict
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum) over ``params`` with ``cfg.lr`` and ``cfg.weight_decay``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base lr at ``step`` (0-based) of ``total``: linear warm-up over
+    ``warmup`` steps, then cosine decay to 0 (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class LRSchedule(SupervisedPlugin):
+    """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def before_training_iteration(self, strategy: "ClipStrategy", **kwargs) -> None:
+        total = len(strategy.dataloader) * strategy.train_epochs
+        factor = lr_factor(strategy.clock.train_exp_iterations, total, self.cfg.warmup_steps, self.cfg.scheduler)
+        for group in strategy.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", self.cfg.lr) * factor
+
+
+def _silent_evaluator() -> EvaluationPlugin:
+    """No Avalanche metrics: the runner evaluates and logs (this also avoids its warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(loggers=[])
+
+
+class ClipStrategy(SupervisedTemplate):
+    """Fine-tuning of a CLIP classifier with cross-entropy over the label space (the baseline
+    every method builds on). Subclasses set ``Params`` and add plugins or loss terms."""
+
+    Params: ClassVar[Optional[type]] = None
+    trains: ClassVar[bool] = True
+
+    def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None,
+                 plugins: Sequence[SupervisedPlugin] = (), device: str = "cpu",
+                 eval_batch_size: int = 256, evaluator: Optional[EvaluationPlugin] = None) -> None:
+        self.train_cfg = train
+        self.params = params
+        self.seen_classes: list[int] = []
+        self.current_classes: list[int] = []
+        super().__init__(
+            model=classifier,
+            optimizer=self._new_optimizer(classifier),
+            train_mb_size=train.batch_size,
+            train_epochs=train.epochs,
+            eval_mb_size=eval_batch_size,
+            device=device,
+            plugins=[LRSchedule(train), *self.method_plugins(), *plugins],
+            evaluator=evaluator or _silent_evaluator(),
+        )
+
+    # -- hooks for methods -------------------------------------------------------------------
+    def method_plugins(self) -> list[SupervisedPlugin]:
+        """Plugins that implement the method (none for plain fine-tuning)."""
+        return []
+
+    def trainable(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    # -- Avalanche template overrides --------------------------------------------------------
+    def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        params = self.trainable(model)
+        if not params:
+            raise ValueError(f"{type(self).__name__} has no trainable parameters (model.trainable is 'none'?)")
+        optimizer = build_optimizer(params, self.train_cfg)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        return optimizer
+
+    def make_optimizer(self, **kwargs) -> None:
+        """A fresh optimizer (no state carried across sessions) over the trainable parameters."""
+        self.optimizer = self._new_optimizer(self.model)
+
+    def _before_training_exp(self, **kwargs) -> None:
+        self.current_classes = [int(c) for c in self.experience.classes_in_this_experience]
+        self.seen_classes = sorted(set(self.seen_classes) | set(self.current_classes))
+        super()._before_training_exp(**kwargs)
+
+    def label_space(self) -> list[int]:
+        """The classes the training loss ranges over (train.label_space)."""
+        space = self.train_cfg.label_space
+        if space == "current":
+            return self.current_classes
+        if space == "all":
+            return list(range(len(self.model.class_names)))
+        return self.seen_classes
+
+    def criterion(self) -> torch.Tensor:
+        """L_task = CE over the label space with label smoothing."""
+        logits, targets = restrict(self.mb_output, self.mb_y, self.label_space())
+        return F.cross_entropy(logits, targets, label_smoothing=self.train_cfg.label_smoothing)

@@ -1,0 +1,28 @@
+"""Zero-shot CLIP: no training at all; every row of the accuracy matrix equals row 0.
+
+The reference point for transfer and retention: a method that forgets nothing but learns
+nothing scores exactly this.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional, Sequence
+
+from continual.heads import ClipClassifier
+
+
+class ZeroShot:
+    """Zero-shot classification with class-name prompts; ``train`` leaves the model untouched."""
+
+    Params: ClassVar[Optional[type]] = None
+    trains: ClassVar[bool] = False
+
+    def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None,
+                 plugins: Sequence[Any] = (), device: str = "cpu", eval_batch_size: int = 256,
+                 evaluator: Any = None) -> None:
+        self.model = classifier
+        self.seen_classes: list[int] = []
+
+    def train(self, experience: Any, **kwargs: Any) -> dict:
+        self.seen_classes = sorted(set(self.seen_classes) | set(experience.classes_in_this_experience))
+        return {}
