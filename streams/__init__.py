@@ -1,0 +1,11 @@
+"""Data streams. Importing this package registers its streams and control sets by name
+(it is the ``streams`` provider of the ``continual.providers`` entry-point group)."""
+
+from continual.registry import CONTROLS, STREAMS
+
+STREAMS.add("fashion-mnist", "streams.classification:fashion_mnist_stream",
+            "Fashion-MNIST, class-incremental (10 clothing classes; Debian dataset-fashion-mnist)")
+STREAMS.add("digits", "streams.classification:digits_stream",
+            "scikit-learn 8x8 digits, class-incremental (10 classes; small, for tests)")
+CONTROLS.add("heldout-captions", "streams.control:heldout_captions",
+             "held-out emoji / Tux Paint image-caption pairs, scored by retrieval R@K")
