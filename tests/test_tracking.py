@@ -6,7 +6,6 @@ import csv
 import math
 import pickle
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import free_port
 from continual import tracking
 from continual.tracking import MLflowLogger, TrackingError
 
@@ -45,12 +45,6 @@ def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
     return header, [r[0] for r in body], np.array([[float(c) for c in r[1:]] for r in body])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- #
@@ -326,27 +320,6 @@ def test_avalanche_naive_strategy_logs_to_mlflow(store: str, tmp_path: Path) -> 
 # --------------------------------------------------------------------------- #
 # A real tracking server over HTTP
 # --------------------------------------------------------------------------- #
-@pytest.fixture
-def server(tmp_path: Path):
-    """A real `mlflow server` on a free local port; always stopped on teardown."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    artifacts = tmp_path / "server-artifacts"
-    proc = tracking.start_server_process(
-        f"sqlite:///{tmp_path}/server.db", str(artifacts), port, log_path=str(log)
-    )
-    try:
-        try:
-            tracking.wait_healthy(url, timeout=45.0, proc=proc)
-        except TrackingError as e:
-            pytest.fail(f"{e}\n--- server log ---\n{log.read_text()[-3000:]}")
-        yield url, artifacts
-    finally:
-        tracking.stop_server_process(proc)
-    assert proc.poll() is not None
-
-
 def test_logging_through_a_real_server(server: tuple[str, Path], tmp_path: Path) -> None:
     url, artifact_dir = server
     tracking.check_tracking_uri(url)  # healthy: no error
