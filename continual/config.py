@@ -34,8 +34,8 @@ class ModelConfig:
     # tiny-vit).
     name: str = "lit-effnet-minilm"
     # An open_clip pretrained tag (e.g. "openai"), a local checkpoint path, "base:NAME" for a
-    # base built by `continual pretrain` (built on demand), or "" for random initialisation.
-    pretrained: str = "base:lit"
+    # base built by `continual pretrain` (built on demand), or null / "" for random init.
+    pretrained: Optional[str] = "base:lit"
     # Which parameters train: projections | image | text | all | none.
     trainable: str = "projections"
     train_logit_scale: bool = False

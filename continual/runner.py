@@ -93,7 +93,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
     check_tracking_uri(uri)
 
     trainable = cfg.model.trainable if strategy_cls.trains else "none"
-    backbone = load_backbone(cfg.model.name, cfg.model.pretrained, trainable, cfg.model.train_logit_scale,
+    backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
                              resolve_base=lambda name: resolve_base(name, echo))
 
     def encode_images(ds, key):
@@ -119,7 +119,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
     logger = MLflowLogger(
         uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name,
         tags={"strategy": cfg.strategy.name, "stream": cfg.stream.name, "model": cfg.model.name,
-              "pretrained": cfg.model.pretrained, "seed": str(cfg.seed)},
+              "pretrained": cfg.model.pretrained or "random init", "seed": str(cfg.seed)},
         params=to_dict(cfg),
         artifact_location=None if cfg.tracking.uri else default_artifact_root(cfg.output_dir),
     )
