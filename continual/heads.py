@@ -64,7 +64,8 @@ class ClipClassifier(nn.Module):
         return weights
 
     def train(self, mode: bool = True) -> "ClipClassifier":
-        self._cache = None  # text features may change while training
+        if self.text_trainable():  # text features may change while training
+            self._cache = None
         return super().train(mode)
 
     def invalidate(self) -> None:
