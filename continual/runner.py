@@ -9,6 +9,7 @@ trained parameters and the runner's state, and logs all of it to MLflow with ste
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 from continual import metrics as M
 from continual.atomic import atomic_write
 from continual.config import strategy_params, to_dict, to_yaml
+from continual.context import StrategyContext
 from continual.errors import UserError
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
@@ -52,7 +54,7 @@ def plan(cfg: DictConfig) -> list[str]:
     params = strategy_params(cfg, strategy_cls.Params)
     stream = STREAMS.get(cfg.stream.name, "stream.name")(cfg.stream, cfg.seed)
     lines = [f"model {cfg.model.name} (pretrained: {cfg.model.pretrained or 'random init'}, trainable: "
-             f"{cfg.model.trainable if strategy_cls.trains else 'none'}), templates {list(cfg.model.templates)}"]
+             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {list(cfg.model.templates)}"]
     lines.append(f"strategy {cfg.strategy.name}: {strategy_cls.__doc__.strip().splitlines()[0]}")
     if params is not None:
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in vars(params).items()))
@@ -92,7 +94,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
 
-    trainable = cfg.model.trainable if strategy_cls.trains else "none"
+    trainable = strategy_cls.backbone_trainable or cfg.model.trainable
     backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
                              resolve_base=lambda name: resolve_base(name, echo))
 
@@ -128,8 +130,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
         from continual.progress import ProgressBar
         plugins.append(ProgressBar())
     seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
-    strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, plugins=plugins,
-                            device=cfg.device, eval_batch_size=cfg.eval.batch_size,
+    context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
+                              reference=reference_pairs(cfg, encode_images, encode_texts))
+    strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
+                            plugins=plugins, device=cfg.device, eval_batch_size=cfg.eval.batch_size,
                             evaluator=training_curves(logger))
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / logger.run_id
     echo(f"MLflow run {logger.run_id} in {uri}")
@@ -140,12 +144,12 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
             record: dict[str, Any] = {"session": i}
             if i > 0:
                 experience = stream.benchmark.train_stream[i - 1]
-                start = time.perf_counter()
+                start, seen_before = time.perf_counter(), strategy.examples_seen
                 strategy.train(experience, eval_streams=[])
                 record["train_seconds"] = time.perf_counter() - start
-                record["examples"] = len(experience.dataset) * cfg.train.epochs if strategy_cls.trains else 0
+                record["examples"] = strategy.examples_seen - seen_before
                 record["examples_per_s"] = record["examples"] / max(record["train_seconds"], 1e-9)
-            record["trainable_params"] = backbone.trainable_parameters() if strategy_cls.trains else 0
+            record["trainable_params"] = sum(p.numel() for p in strategy.model.parameters() if p.requires_grad)
             start = time.perf_counter()
             R[i] = evaluate_row(classifier, stream, strategy, cfg, seen=i)
             if control is not None:
@@ -176,6 +180,19 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
         logger.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
     return RunResult(logger.run_id, uri, R, control_rows, summary, sessions)
+
+
+def reference_pairs(cfg: DictConfig, encode_images: Any, encode_texts: Any) -> Optional[Callable]:
+    """Reference pairs for methods that need data beyond the sessions (ZSCL): the complement of
+    the control split, i.e. the base's own training pairs. Built on first use."""
+    if not cfg.control.name:
+        return None
+
+    @functools.cache
+    def build():
+        return CONTROLS.get(cfg.control.name)(cfg.control, encode_images, encode_texts, complement=True)
+
+    return build
 
 
 def training_curves(logger: Any) -> Any:

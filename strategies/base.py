@@ -25,6 +25,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from continual.context import StrategyContext
 from continual.heads import ClipClassifier, restrict
 
 
@@ -72,15 +73,19 @@ class ClipStrategy(SupervisedTemplate):
     every method builds on). Subclasses set ``Params`` and add plugins or loss terms."""
 
     Params: ClassVar[Optional[type]] = None
-    trains: ClassVar[bool] = True
+    # Which backbone parameters train; None = the config's model.trainable.
+    backbone_trainable: ClassVar[Optional[str]] = None
 
     def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None,
-                 plugins: Sequence[SupervisedPlugin] = (), device: str = "cpu",
-                 eval_batch_size: int = 256, evaluator: Optional[EvaluationPlugin] = None) -> None:
+                 context: Optional[StrategyContext] = None, plugins: Sequence[SupervisedPlugin] = (),
+                 device: str = "cpu", eval_batch_size: int = 256,
+                 evaluator: Optional[EvaluationPlugin] = None) -> None:
         self.train_cfg = train
-        self.params = params
+        self.params = params if params is not None or self.Params is None else self.Params()
+        self.context = context
         self.seen_classes: list[int] = []
         self.current_classes: list[int] = []
+        self.examples_seen = 0  # training examples processed, over all sessions
         super().__init__(
             model=classifier,
             optimizer=self._new_optimizer(classifier),
@@ -118,6 +123,10 @@ class ClipStrategy(SupervisedTemplate):
         self.current_classes = [int(c) for c in self.experience.classes_in_this_experience]
         self.seen_classes = sorted(set(self.seen_classes) | set(self.current_classes))
         super()._before_training_exp(**kwargs)
+
+    def _after_training_iteration(self, **kwargs) -> None:
+        self.examples_seen += len(self.mb_y)
+        super()._after_training_iteration(**kwargs)
 
     def label_space(self) -> list[int]:
         """The classes the training loss ranges over (train.label_space)."""

@@ -15,13 +15,14 @@ class ZeroShot:
     """Zero-shot classification with class-name prompts; ``train`` leaves the model untouched."""
 
     Params: ClassVar[Optional[type]] = None
-    trains: ClassVar[bool] = False
+    backbone_trainable: ClassVar[Optional[str]] = "none"
 
-    def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None,
+    def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None, context: Any = None,
                  plugins: Sequence[Any] = (), device: str = "cpu", eval_batch_size: int = 256,
                  evaluator: Any = None) -> None:
         self.model = classifier
         self.seen_classes: list[int] = []
+        self.examples_seen = 0
 
     def train(self, experience: Any, **kwargs: Any) -> dict:
         self.seen_classes = sorted(set(self.seen_classes) | set(experience.classes_in_this_experience))
