@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)
 
+    cmp_ = sub.add_parser("compare", help="run several configs into one MLflow experiment; print a table",
+                          description="Run every CONFIG with the same overrides (e.g. seed, stream, "
+                                      "tracking.experiment) and print a Markdown table of their summaries.")
+    cmp_.add_argument("configs", nargs="+", help="YAML configs, then key=value overrides applied to all")
+    cmp_.add_argument("--progress", action="store_true", help="show progress bars")
+    cmp_.set_defaults(handler=cmd_compare)
+
     pre = sub.add_parser("pretrain", help="build a base model offline (contrastive training on image-caption pairs)")
     pre.add_argument("config", nargs="?", help="pretrain YAML (default: the built-in 'lit' recipe)")
     pre.add_argument("overrides", nargs="*", help="dotted overrides, e.g. epochs=10")
@@ -105,6 +112,17 @@ def final_report(result, cfg) -> str:
     if not cfg.tracking.uri:
         lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then http://127.0.0.1:5000)")
     return "\n".join(lines)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from continual.compare import compare, table
+
+    configs = [a for a in args.configs if "=" not in a]
+    overrides = [a for a in args.configs if "=" in a]
+    results = compare(configs, overrides, progress=args.progress)
+    print()
+    print(table(results))
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

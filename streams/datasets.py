@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from continual.errors import UserError
+
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -26,7 +28,7 @@ DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", 
 DEFAULT_DOWNLOAD_ROOT = Path.home() / ".cache" / "continual" / "data"  # beside the feature cache
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset's files are absent; the message is one line naming the path and the install step."""
 
 
