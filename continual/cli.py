@@ -22,7 +22,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # avalanche imports qpsolvers, which warns about solvers none of our strategies use
     warnings.filterwarnings("ignore", message="no QP solver")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after flags (argparse stops the positional list at a flag)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs"}.get(getattr(args, "command", None))
+        if target is None or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, target, list(getattr(args, target)) + extra)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
@@ -47,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stream.n_sessions=2")
     run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; train nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last checkpoint "
+                     "(by default an unfinished run of the same config is continued)")
+    run.add_argument("--fresh", action="store_true", help="start a new run even if an unfinished one exists")
     run.set_defaults(handler=cmd_run)
 
     cmp_ = sub.add_parser("compare", help="run several configs into one MLflow experiment; print a table",
@@ -90,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(runner.plan(cfg)))
         print("config valid; nothing trained (--dry-run)")
         return 0
-    result = runner.run(cfg, progress=not args.no_progress)
+    result = runner.run(cfg, progress=not args.no_progress, resume=args.resume, fresh=args.fresh)
     print()
     print(final_report(result, cfg))
     return 0

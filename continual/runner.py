@@ -10,6 +10,7 @@ trained parameters and the runner's state, and logs all of it to MLflow with ste
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 import time
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from continual import checkpoint
 from continual import metrics as M
-from continual.atomic import atomic_write
 from continual.config import strategy_params, to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError
@@ -75,8 +76,14 @@ def tracking_uri(cfg: DictConfig) -> str:
     return cfg.tracking.uri or default_tracking_uri(cfg.output_dir)
 
 
-def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult:
-    """Run the experiment ``cfg`` end to end and return its matrices and summary."""
+def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Optional[str] = None,
+        fresh: bool = False) -> RunResult:
+    """Run the experiment ``cfg`` end to end and return its matrices and summary.
+
+    An unfinished run of the same config in the same experiment (crashed, killed) is continued
+    from its last checkpoint in the same MLflow run, unless ``fresh``; ``resume`` names the run
+    to continue explicitly.
+    """
     from continual.backbone import load_backbone
     from continual.features import image_inputs, text_inputs
     from continual.heads import ClipClassifier, prompts
@@ -93,6 +100,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
     stream_fn(cfg.stream, cfg.seed)  # data present and the split valid
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
+    fingerprint = config_fingerprint(cfg)
+    run_id = resumable_run(cfg, uri, fingerprint, resume, fresh)
 
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
     backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
@@ -119,28 +128,54 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
     sessions: list[dict] = []
     test_sizes = [s.n_test for s in stream.sessions]
     logger = MLflowLogger(
-        uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name,
+        uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name, run_id=run_id,
         tags={"strategy": cfg.strategy.name, "stream": cfg.stream.name, "model": cfg.model.name,
-              "pretrained": cfg.model.pretrained or "random init", "seed": str(cfg.seed)},
+              "pretrained": cfg.model.pretrained or "random init", "seed": str(cfg.seed),
+              "config_fingerprint": fingerprint},
         params=to_dict(cfg),
         artifact_location=None if cfg.tracking.uri else default_artifact_root(cfg.output_dir),
     )
-    plugins = []
-    if progress:
-        from continual.progress import ProgressBar
-        plugins.append(ProgressBar())
-    seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
-    context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
-                              reference=reference_pairs(cfg, encode_images, encode_texts))
-    strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
-                            plugins=plugins, device=cfg.device, eval_batch_size=cfg.eval.batch_size,
-                            evaluator=training_curves(logger))
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / logger.run_id
-    echo(f"MLflow run {logger.run_id} in {uri}")
     try:
-        logger.log_text(to_yaml(cfg), "config.yaml")
-        logger.log_text("\n".join(plan_lines(stream, control)) + "\n", "plan.txt")
-        for i in range(T + 1):
+        plugins = []
+        if progress:
+            from continual.progress import ProgressBar
+            plugins.append(ProgressBar())
+        seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
+        context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
+                                  reference=reference_pairs(cfg, encode_images, encode_texts))
+        strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
+                                plugins=plugins, device=cfg.device, eval_batch_size=cfg.eval.batch_size,
+                                evaluator=training_curves(logger))
+        matrix_labels = [f"session {j}" for j in range(1, T + 1)]
+
+        def log_row(i: int, record: dict) -> dict:
+            metrics = session_metrics(R[: i + 1], control_rows, test_sizes, record)
+            logger.log_metrics(metrics, step=i)
+            labels = ["before training"] + [f"after session {k}" for k in range(1, i + 1)]
+            logger.log_matrix("accuracy_matrix", R[: i + 1], labels, matrix_labels,
+                              title=f"{cfg.strategy.name} on {cfg.stream.name}: accuracy (%)")
+            return metrics
+
+        first = 0
+        state = checkpoint.load(ckpt_dir) if run_id else None
+        if run_id and state is None:
+            raise UserError(f"run {run_id} has no checkpoint in {ckpt_dir}; run without --resume to start afresh")
+        if state is not None:
+            k = state["session"]
+            R[: k + 1] = np.array(state["accuracy"], dtype=float)
+            control_rows[:], sessions[:] = state["control"], state["sessions"]
+            checkpoint.restore(classifier.model, state)
+            strategy.load_resume_state(state["strategy"])
+            if k not in _logged_steps(uri, logger.run_id):  # the crash came between checkpoint and log
+                log_row(k, sessions[k])
+            first = k + 1
+            echo(f"MLflow run {logger.run_id} in {uri}: resuming after session {k} of {T}")
+        else:
+            echo(f"MLflow run {logger.run_id} in {uri}")
+            logger.log_text(to_yaml(cfg), "config.yaml")
+            logger.log_text("\n".join(plan_lines(stream, control)) + "\n", "plan.txt")
+        for i in range(first, T + 1):
             record: dict[str, Any] = {"session": i}
             if i > 0:
                 experience = stream.benchmark.train_stream[i - 1]
@@ -157,17 +192,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
             sessions.append(record)
-            if i > 0:
-                save_checkpoint(ckpt_dir, i, classifier.model, {
-                    "session": i, "accuracy": R[: i + 1].tolist(), "control": control_rows,
-                    "sessions": sessions, "seen_classes": list(getattr(strategy, "seen_classes", [])),
-                    "run_id": logger.run_id})
-            row_metrics = session_metrics(R[: i + 1], control_rows, test_sizes, record)
-            logger.log_metrics(row_metrics, step=i)
-            labels = ["before training"] + [f"after session {k}" for k in range(1, i + 1)]
-            logger.log_matrix("accuracy_matrix", R[: i + 1], labels, [f"session {j}" for j in range(1, T + 1)],
-                              title=f"{cfg.strategy.name} on {cfg.stream.name}: accuracy (%)")
-            echo(describe_row(i, row_metrics))
+            checkpoint.save(ckpt_dir, i, classifier.model, {
+                "accuracy": R[: i + 1].tolist(), "control": control_rows, "sessions": sessions,
+                "strategy": strategy.resume_state(), "run_id": logger.run_id})
+            echo(describe_row(i, log_row(i, record)))
         summary = {k: v for k, v in session_metrics(R, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}
         summary["total/train_seconds"] = sum(s.get("train_seconds", 0.0) for s in sessions)
@@ -180,6 +208,45 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True) -> RunResult
         logger.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
     return RunResult(logger.run_id, uri, R, control_rows, summary, sessions)
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """Identifies a config (resolved, run name aside): the same command finds its unfinished run."""
+    data = to_dict(cfg)
+    data["tracking"].pop("run_name", None)
+    return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=10).hexdigest()
+
+
+def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool) -> Optional[str]:
+    """The run to continue: ``resume`` (checked to be of this config), else the newest unfinished
+    run of this config that has a checkpoint, else None (a new run)."""
+    from continual.tracking import find_runs
+
+    if resume:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = MlflowClient(uri).get_run(resume)
+        except MlflowException:
+            raise UserError(f"--resume {resume}: no such run in {uri}") from None
+        if found.data.tags.get("config_fingerprint") != fingerprint:
+            raise UserError(f"--resume {resume}: that run was started with a different config; "
+                            "give the same config and overrides, or drop --resume")
+        return resume
+    if fresh:
+        return None
+    for candidate in find_runs(uri, cfg.tracking.experiment, "config_fingerprint", fingerprint):
+        folder = Path(cfg.output_dir) / "checkpoints" / candidate.info.run_id
+        if candidate.info.status != "FINISHED" and (folder / checkpoint.STATE_FILE).exists():
+            return candidate.info.run_id
+    return None
+
+
+def _logged_steps(uri: str, run_id: str) -> list[int]:
+    from continual.tracking import metric_steps
+
+    return metric_steps(uri, run_id, "acc/session_1")
 
 
 def reference_pairs(cfg: DictConfig, encode_images: Any, encode_texts: Any) -> Optional[Callable]:
@@ -269,18 +336,3 @@ def _check_control_unseen(control: Any, base_meta: Optional[dict]) -> None:
     if leaked:
         raise UserError(f"control data overlaps the base's training data ({len(leaked)} pairs, e.g. {leaked[0]}); "
                         "set control.heldout_fraction and control.split_seed to the base's recipe")
-
-
-def save_checkpoint(folder: Path, session: int, model: torch.nn.Module, state: dict) -> Path:
-    """Trained parameters (safetensors) and the runner's state (JSON), each written then renamed.
-
-    Only parameters that train are stored: the rest is the base, rebuilt from its recipe.
-    """
-    from safetensors.torch import save_file
-
-    weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    path = folder / f"session_{session:03d}.safetensors"
-    if weights:  # a strategy that trains nothing has nothing to store
-        atomic_write(path, lambda tmp: save_file(weights, tmp))
-    atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state, default=float)))
-    return path

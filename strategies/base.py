@@ -26,6 +26,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from continual.context import StrategyContext
+from continual.errors import UserError
 from continual.heads import ClipClassifier, restrict
 
 
@@ -61,6 +62,28 @@ class LRSchedule(SupervisedPlugin):
             group["lr"] = group.get("initial_lr", self.cfg.lr) * factor
 
 
+class NonFiniteLossError(UserError):
+    """Training diverged: a loss term became NaN or infinite."""
+
+
+class FiniteLossGuard(SupervisedPlugin):
+    """Stops a session at the first non-finite loss, naming the step and the term.
+
+    Terms are those recorded in ``strategy.loss_terms`` (the task loss, and each method's
+    regulariser); the run is then marked FAILED and the last good checkpoint kept.
+    """
+
+    def before_backward(self, strategy: "ClipStrategy", **kwargs) -> None:
+        if torch.isfinite(strategy.loss).all():
+            return
+        bad = [name for name, value in strategy.loss_terms.items() if not math.isfinite(value)] or ["total"]
+        session = strategy.experience.current_experience + 1
+        raise NonFiniteLossError(
+            f"training diverged: loss is {float(strategy.loss):g} at session {session}, iteration "
+            f"{strategy.clock.train_exp_iterations + 1} (non-finite term: {', '.join(bad)}); "
+            "lower train.lr or the method's loss weight")
+
+
 def _silent_evaluator() -> EvaluationPlugin:
     """No Avalanche metrics: the runner evaluates and logs (this also avoids its warning)."""
     with warnings.catch_warnings():
@@ -86,6 +109,7 @@ class ClipStrategy(SupervisedTemplate):
         self.seen_classes: list[int] = []
         self.current_classes: list[int] = []
         self.examples_seen = 0  # training examples processed, over all sessions
+        self.loss_terms: dict[str, float] = {}  # this iteration's loss terms, by name
         super().__init__(
             model=classifier,
             optimizer=self._new_optimizer(classifier),
@@ -93,7 +117,7 @@ class ClipStrategy(SupervisedTemplate):
             train_epochs=train.epochs,
             eval_mb_size=eval_batch_size,
             device=device,
-            plugins=[LRSchedule(train), *self.method_plugins(), *plugins],
+            plugins=[LRSchedule(train), *self.method_plugins(), FiniteLossGuard(), *plugins],
             evaluator=evaluator or _silent_evaluator(),
         )
 
@@ -124,6 +148,21 @@ class ClipStrategy(SupervisedTemplate):
         self.seen_classes = sorted(set(self.seen_classes) | set(self.current_classes))
         super()._before_training_exp(**kwargs)
 
+    def record_term(self, name: str, value: torch.Tensor) -> None:
+        """Note a loss term's value (for the divergence guard and for inspection)."""
+        self.loss_terms[name] = float(value.detach())
+
+    def resume_state(self) -> dict:
+        """What this strategy must carry across a crash besides the weights (JSON-able)."""
+        clock = {k: v for k, v in vars(self.clock).items() if isinstance(v, int)}
+        return {"seen_classes": self.seen_classes, "examples_seen": self.examples_seen, "clock": clock}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.seen_classes = list(state["seen_classes"])
+        self.examples_seen = int(state["examples_seen"])
+        for key, value in state["clock"].items():
+            setattr(self.clock, key, value)  # Avalanche's x_plot steps continue, not restart
+
     def _after_training_iteration(self, **kwargs) -> None:
         self.examples_seen += len(self.mb_y)
         super()._after_training_iteration(**kwargs)
@@ -140,4 +179,7 @@ class ClipStrategy(SupervisedTemplate):
     def criterion(self) -> torch.Tensor:
         """L_task = CE over the label space with label smoothing."""
         logits, targets = restrict(self.mb_output, self.mb_y, self.label_space())
-        return F.cross_entropy(logits, targets, label_smoothing=self.train_cfg.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.train_cfg.label_smoothing)
+        self.loss_terms = {}
+        self.record_term("task", loss)
+        return loss

@@ -24,6 +24,12 @@ class ZeroShot:
         self.seen_classes: list[int] = []
         self.examples_seen = 0
 
+    def resume_state(self) -> dict:
+        return {"seen_classes": self.seen_classes}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.seen_classes = list(state["seen_classes"])
+
     def train(self, experience: Any, **kwargs: Any) -> dict:
         self.seen_classes = sorted(set(self.seen_classes) | set(experience.classes_in_this_experience))
         return {}

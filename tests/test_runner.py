@@ -69,10 +69,12 @@ def test_checkpoints_hold_the_trained_parameters(finetune_run):
     cfg, result = finetune_run
     folder = Path(cfg.output_dir) / "checkpoints" / result.run_id
     weights = load_file(folder / "session_002.safetensors")
-    assert set(weights) == {"visual.head.proj.weight", "text.proj.weight"}
+    assert set(weights) == {"visual.head.proj.weight", "text.proj.weight", "__rng__.torch"}
     state = json.loads((folder / "state.json").read_text())
     assert state["session"] == 2 and np.allclose(state["accuracy"], result.accuracy)
-    assert not list(folder.glob("*.tmp"))
+    assert state["strategy"]["seen_classes"] == list(range(10))
+    # only the newest weights are kept; nothing half-written is left
+    assert sorted(p.name for p in folder.iterdir()) == ["session_002.safetensors", "state.json"]
 
 
 def test_same_seed_same_matrix(finetune_run, tmp_path, make_config):
