@@ -223,6 +223,10 @@ def load_backbone(name: str, pretrained: str, trainable: str, train_logit_scale:
                   resolve_base: Callable[[str], Path] | None = None, split: bool = True) -> Backbone:
     """Build the backbone a run trains. ``resolve_base(name)`` returns a built base's file."""
     base_meta = None
+    looks_like_path = "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    if looks_like_path and not Path(pretrained).is_file():
+        raise UserError(f"model.pretrained: file not found: {pretrained}; give an existing checkpoint, "
+                        "an open_clip tag (e.g. openai) or base:lit")
     if pretrained.startswith("base:"):
         if resolve_base is None:
             raise UserError(f"model.pretrained: {pretrained} needs a base resolver (use continual.runner)")

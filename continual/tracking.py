@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import numbers
 import os
@@ -79,6 +80,11 @@ _PACKAGES = {  # run_metadata key -> distribution name on PyPI
     "mlflow": "mlflow",
     "numpy": "numpy",
 }
+
+
+# MLflow announces creating and migrating its sqlite tables at INFO level on every new store.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class TrackingError(UserError, ValueError):
@@ -193,6 +199,28 @@ def _git(args: Sequence[str], cwd: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def find_runs(tracking_uri: str, experiment: str, tag: str, value: str) -> list:
+    """Runs of ``experiment`` whose tag ``tag`` equals ``value``, newest first ([] if none).
+
+    Looking does not create a store: a sqlite file that does not exist yet holds no runs.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = _sqlite_path(tracking_uri)
+        if db is not None and not db.exists():
+            return []
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], filter_string=f"tags.{tag} = '{value}'",
+                              order_by=["attributes.start_time DESC"])
+
+
+def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    """The steps at which ``key`` was logged in ``run_id``."""
+    return [m.step for m in MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key)]
 
 
 def run_metadata() -> dict[str, str]:
