@@ -95,3 +95,29 @@ def test_restore_puts_weights_and_random_state_back(tmp_path):
     assert torch.equal(other.weight, model.weight)
     again = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(after[0], again[0]) and after[1:] == again[1:]
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, make_config):
+    import torch
+
+    from continual.runner import run
+    from strategies.base import ClipStrategy, NonFiniteLossError
+
+    criterion = ClipStrategy.criterion
+
+    def diverging(self):
+        loss = criterion(self)
+        if self.experience.current_experience == 1:  # session 2 diverges
+            self.record_term("task", torch.tensor(float("nan")))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(ClipStrategy, "criterion", diverging)
+    cfg = make_config(tmp_path, "control.name=null")
+    with pytest.raises(NonFiniteLossError, match=r"session 2, iteration 1 \(non-finite term: task\)"):
+        run(cfg, echo=lambda s: None, progress=False)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (failed,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert failed.info.status == "FAILED" and "training diverged" in failed.data.tags["error"]
+    state = checkpoint.load(tmp_path / "checkpoints" / failed.info.run_id)
+    assert state["session"] == 1  # the last good session is kept
