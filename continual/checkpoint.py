@@ -17,7 +17,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -106,7 +106,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def final_report(result, cfg) -> str:
-    import numpy as np
     from continual.metrics import format_summary
 
     T = result.accuracy.shape[1]

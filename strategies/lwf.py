@@ -1,0 +1,136 @@
+"""LwF: Learning without Forgetting (Li & Hoiem, 2016) for a CLIP classifier.
+
+The teacher is the model as it was at the start of the session (the end of the previous one;
+the pre-trained model in session 1), frozen. On a batch x of the current session, over a set
+of classes C:
+
+    Z_t = s_old * f_I^old(x) W_old[C]^T            (no grad; W_old computed once per session)
+    Z_s = s * f_I(x) W[C]^T                         (the student's own logits)
+    KD(a, b; T) = T^2 * mean_i CE(softmax(a_i / T), softmax(b_i / T))
+    L = L_task + alpha * KD(Z_t, Z_s; T),           alpha = 1, T = 2
+
+W[c] is class c's normalised template-mean text feature (``continual.heads``).
+
+- ``classes``: ``current`` (default; METHODS.md, and ZSCL's LwF baseline: the current session's
+  class texts) or ``seen_before`` (classic LwF: the outputs of the classes learnt in earlier
+  sessions; nothing is distilled in session 1).
+- ``text_features``: ``student`` (default; LwF distils the network's own outputs, so the text
+  side is regularised too) or ``teacher`` (ZSCL's LwF code: the student's image features are
+  scored against the TEACHER's class text features, Z_s = s * f_I(x) W_old[C]^T).
+- ``symmetric``: also distil the class-to-image direction over the batch, KD(Z_t^T, Z_s^T; T)
+  (ZSCL's LwF code does; off by default).
+
+Avalanche's own ``LwFPlugin`` is not reused: it distils the KL divergence without the T^2
+factor, only over the previously seen classes, and re-runs the whole classifier as teacher;
+:func:`kd_loss` is the cross-entropy form (equal to the teacher's entropy, with zero gradient,
+when student = teacher), as in the ZSCL code the published LwF numbers come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from torch import nn
+
+from continual.errors import ConfigError
+from continual.heads import logit_scale
+from strategies.base import ClipStrategy
+from strategies.distill import frozen_copy, kd
+
+
+def record_term(strategy, name: str, value: torch.Tensor) -> None:
+    """Note a loss term on strategies that keep them (ClipStrategy); others ignore it."""
+    if hasattr(strategy, "record_term"):
+        strategy.record_term(name, value)
+
+
+@dataclass
+class LwFParams:
+    alpha: float = 1.0  # weight of the distillation term
+    temperature: float = 2.0
+    classes: str = "current"  # current | seen_before
+    text_features: str = "student"  # student (LwF's outputs) | teacher (ZSCL's LwF code)
+    symmetric: bool = False  # also distil class-to-image over the batch (ZSCL's LwF code: true)
+
+    def __post_init__(self) -> None:
+        _choice("classes", self.classes, ("current", "seen_before"))
+        _choice("text_features", self.text_features, ("student", "teacher"))
+        if self.alpha < 0 or self.temperature <= 0:
+            raise ConfigError(f"strategy.alpha must be >= 0 and strategy.temperature > 0, got {self.alpha}, {self.temperature}")
+
+
+def _choice(key: str, value: str, options: tuple) -> None:
+    if value not in options:
+        raise ConfigError(f"strategy.{key}: '{value}' is not allowed; choose one of: {', '.join(options)}")
+
+
+class LwFPlugin(SupervisedPlugin):
+    """Adds ``alpha * KD(Z_t, Z_s; T)`` in ``before_backward``. Works in any Avalanche strategy
+    whose model is a :class:`continual.heads.ClipClassifier` (``mb_output`` = its logits)."""
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, classes: str = "current",
+                 text_features: str = "student", symmetric: bool = False) -> None:
+        super().__init__()
+        LwFParams(alpha, temperature, classes, text_features, symmetric)  # validate
+        self.alpha, self.temperature, self.classes = alpha, temperature, classes
+        self.text_features, self.symmetric = text_features, symmetric
+        self.seen_before: set[int] = set()
+        self.distilled: list[int] = []
+        self.teacher: Optional[nn.Module] = None  # frozen copy of the ClipClassifier
+        self.teacher_text: Optional[torch.Tensor] = None  # W_old[C], cached for the session
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        current = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
+        self.distilled = current if self.classes == "current" else sorted(self.seen_before)
+        self.teacher = None  # release the previous session's teacher before copying
+        self.teacher = frozen_copy(strategy.model)
+        self.teacher.invalidate()
+        with torch.no_grad():
+            self.teacher_text = self.teacher.class_embeddings()[self.distilled]
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        self.seen_before |= {int(c) for c in strategy.experience.classes_in_this_experience}
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        if not self.distilled:
+            return
+        term = self.term(strategy.model, strategy.mb_x, strategy.mb_output)
+        record_term(strategy, "lwf", term)
+        strategy.loss = strategy.loss + self.alpha * term
+
+    def term(self, student: nn.Module, x: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        """KD(Z_t, Z_s; T) (+ the transposed direction) on the batch ``x``; ``student_logits``
+        are the student classifier's logits over all classes."""
+        with torch.no_grad():
+            teacher_image = F.normalize(self.teacher.model.encode_image(x), dim=-1)
+            z_t = logit_scale(self.teacher.model) * teacher_image @ self.teacher_text.t()
+        if self.text_features == "student":
+            z_s = student_logits[:, self.distilled]
+        else:
+            image = F.normalize(student.model.encode_image(x), dim=-1)
+            z_s = logit_scale(student.model) * image @ self.teacher_text.t()
+        loss = kd(z_t, z_s, self.temperature)
+        if self.symmetric:
+            loss = loss + kd(z_t.t(), z_s.t(), self.temperature)
+        return loss
+
+
+class LwF(ClipStrategy):
+    """Learning without Forgetting: distil the previous model's logits over the current classes (T = 2)."""
+
+    Params = LwFParams
+
+    def method_plugins(self) -> list[SupervisedPlugin]:
+        self.lwf = LwFPlugin(**vars(self.params))
+        return [self.lwf]
+
+    def resume_state(self) -> dict:
+        return dict(super().resume_state(), lwf_seen_before=sorted(self.lwf.seen_before))
+
+    def load_resume_state(self, state: dict) -> None:
+        super().load_resume_state(state)
+        self.lwf.seen_before = set(state.get("lwf_seen_before", []))

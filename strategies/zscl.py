@@ -1,0 +1,228 @@
+"""ZSCL: Zero-Shot Continual Learning (Zheng et al., ICCV 2023, "Preventing Zero-Shot Transfer
+Degradation in Continual Learning of Vision-Language Models"; official code Thunderbeee/ZSCL).
+
+Distillation in feature space from the INITIAL (pre-trained) model on reference data that is
+neither a session's nor the control's, plus weight ensembling in parameter space.
+
+Per step, with a reference batch of images x_r (sampled, seeded) and reference texts t_r:
+
+    u_t = f_I^0(x_r), v_t = f_T^0(t_r)               (initial model, no grad; normalised)
+    u_s = f_I(x_r),   v_s = v_t                       (student; ``text_features: teacher``)
+    Z_t = s * u_t v_t^T,  Z_s = s * u_s v_s^T
+    L_ZSCL = KD(Z_t, Z_s; T) + KD(Z_t^T, Z_s^T; T)    (image-to-text + text-to-image, T = 2)
+    L = L_task + weight * L_ZSCL + l2 * sum ||theta - theta_start||^2
+
+KD is :func:`strategies.lwf.kd_loss`. theta_start are the weights at the start of the session.
+Weight ensembling (WE): a running mean of the trainable weights, started with theta_start and
+updated after every ``we_interval``-th optimizer step (steps 0, k, 2k, ...); at the end of the
+session the model takes the averaged weights (and the next session starts from them).
+
+What the official MTIL code does, and the choices exposed here (defaults = the code):
+- The student's reference logits use the INITIAL model's text features (``text_features:
+  teacher``): only the student's image encoder is distilled; ``student`` scores against the
+  student's own text features instead (both towers distilled).
+- The reference texts are one fixed set of sentences (Conceptual Captions) scored against every
+  reference image batch (``ref_texts: all``); ``batch`` uses only the sampled images' captions.
+  Here the reference pairs are ``context.reference()`` (the base's own training pairs); the
+  order of their batches restarts from the seed every session (the official code runs one
+  seeded process per task).
+- One logit scale s (the student's, not trained) for both logit matrices.
+- Weights: 1 per direction in MTIL (``weight``; the class-incremental configs use 5), T = 2,
+  L2 to the session-start weights with weight 1 (``--l2 1``: sum of squared differences),
+  WE every 100 iterations of 1000 (``--avg_freq 100``; 10 in the class-incremental configs),
+  reference batch = training batch (64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from continual.errors import ConfigError
+from continual.heads import logit_scale
+from continual.stream import ControlSet
+from strategies.base import ClipStrategy
+from strategies.distill import frozen_copy, kd
+from strategies.lwf import record_term
+
+
+def zscl_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_image: torch.Tensor,
+              teacher_text: torch.Tensor, scale: Union[torch.Tensor, float], temperature: float = 2.0) -> torch.Tensor:
+    """L_ZSCL = KD(Z_t, Z_s; T) + KD(Z_t^T, Z_s^T; T) with Z_t = s * teacher_image teacher_text^T
+    and Z_s = s * student_image student_text^T (all features L2-normalised; rows of the
+    transposes are texts, distilled over the batch of images).
+
+    The official code passes ``student_text = teacher_text``. At student = teacher the value is
+    T^2 times the two mean entropies and the gradient is zero.
+    """
+    z_t = scale * teacher_image @ teacher_text.t()
+    z_s = scale * student_image @ student_text.t()
+    return kd(z_t, z_s, temperature) + kd(z_t.t(), z_s.t(), temperature)
+
+
+def l2_penalty(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum over parameters of ||theta - theta_anchor||^2 (ZSCL's ``l2_loss``: MSE, reduction sum)."""
+    return sum(((p - a.detach()) ** 2).sum() for p, a in zip(params, anchors))
+
+
+@dataclass
+class ZSCLParams:
+    weight: float = 1.0  # of L_ZSCL (each direction); MTIL 1, class-incremental configs 5
+    temperature: float = 2.0
+    ref_batch_size: int = 64  # reference images per step (the authors': the training batch)
+    ref_texts: str = "all"  # all (a fixed sentence set, as the code) | batch (the images' captions)
+    text_features: str = "teacher"  # teacher (official code) | student
+    we: bool = True  # weight ensembling
+    we_interval: int = 100  # optimizer steps between WE snapshots (--avg_freq)
+    l2: float = 1.0  # weight of the L2 pull to the session-start weights (--l2)
+
+    def __post_init__(self) -> None:
+        for key, value, options in (("ref_texts", self.ref_texts, ("all", "batch")),
+                                    ("text_features", self.text_features, ("teacher", "student"))):
+            if value not in options:
+                raise ConfigError(f"strategy.{key}: '{value}' is not allowed; choose one of: {', '.join(options)}")
+        if self.weight < 0 or self.l2 < 0 or self.temperature <= 0 or self.ref_batch_size < 1 or self.we_interval < 1:
+            raise ConfigError("strategy: weight and l2 must be >= 0, temperature > 0, ref_batch_size and we_interval >= 1")
+
+
+def _take(inputs: Any, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a tensor, or the stacked items of a dataset of tensors."""
+    if torch.is_tensor(inputs):
+        return inputs[index]
+    return torch.stack([inputs[int(i)] for i in index])
+
+
+class ZSCLPlugin(SupervisedPlugin):
+    """Adds ``weight * L_ZSCL + l2 * ||theta - theta_start||^2`` in ``before_backward`` and does
+    the weight ensembling. Works in any Avalanche strategy whose model is a
+    :class:`continual.heads.ClipClassifier`.
+
+    ``reference``: a :class:`ControlSet` of image-caption pairs (model inputs), or a callable
+    returning one (loaded on first use). ``initial_model``: the frozen CLIP model to distil
+    (None: a copy of the model when the first experience starts). ``seed`` fixes the order of
+    the reference batches (None: ``torch.initial_seed()`` at construction, the run's seed); the order restarts
+    every experience.
+    """
+
+    def __init__(self, reference: Union[ControlSet, Callable[[], ControlSet]], initial_model: Optional[nn.Module] = None,
+                 weight: float = 1.0, temperature: float = 2.0, ref_batch_size: int = 64, ref_texts: str = "all",
+                 text_features: str = "teacher", we: bool = True, we_interval: int = 100, l2: float = 1.0,
+                 seed: Optional[int] = None) -> None:
+        super().__init__()
+        self.p = ZSCLParams(weight, temperature, ref_batch_size, ref_texts, text_features, we, we_interval, l2)
+        self._reference = reference
+        self.reference: Optional[ControlSet] = None
+        self.initial = initial_model
+        self.seed = torch.initial_seed() if seed is None else seed
+        self.generator = torch.Generator()
+        self._order = torch.empty(0, dtype=torch.long)  # a shuffled pass over the reference images
+        self._teacher_texts: Optional[torch.Tensor] = None  # v_t for ref_texts = all, computed once
+        self.last_indices: Optional[torch.Tensor] = None  # the reference images of the last step
+        self.step = 0
+        self.anchor: list[torch.Tensor] = []
+        self.average: Optional[AveragedModel] = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def next_indices(self) -> torch.Tensor:
+        """The next reference batch: consecutive slices of seeded permutations (a shuffled
+        loader that restarts when exhausted, as the official code's reference iterator)."""
+        n = len(self.reference.keys)
+        size = min(self.p.ref_batch_size, n)
+        if len(self._order) < size:
+            self._order = torch.cat([self._order, torch.randperm(n, generator=self.generator)])
+        index, self._order = self._order[:size], self._order[size:]
+        return index
+
+    def _texts_for(self, index: torch.Tensor) -> torch.Tensor:
+        if self.p.ref_texts == "all":
+            return torch.arange(len(self.reference.caption_image))
+        return torch.nonzero(torch.isin(self.reference.caption_image, index)).flatten()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        clip = strategy.model.model
+        if self.initial is None:
+            self.initial = frozen_copy(clip)
+        self.initial.to(strategy.device)
+        if self.reference is None:
+            self.reference = self._reference() if callable(self._reference) else self._reference
+            if self.reference is None or len(self.reference.keys) == 0:
+                raise ConfigError("zscl needs reference pairs: set control.name")
+        if self.p.ref_texts == "all" and self._teacher_texts is None:
+            with torch.no_grad():
+                texts = self.reference.text_inputs.to(strategy.device)
+                self._teacher_texts = F.normalize(self.initial.encode_text(texts), dim=-1)
+        # Each session restarts the reference order from the seed, as the official code does (one
+        # seeded process per task); so nothing needs carrying across a resumed run.
+        self.generator.manual_seed(self.seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self.anchor = [p.detach().clone() for p in clip.parameters() if p.requires_grad]
+        self.step = 0
+        if self.p.we:
+            self.average = AveragedModel(clip)
+            self.average.update_parameters(clip)  # theta_start counts once, as in the official code
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        clip = strategy.model.model
+        index = self.next_indices()
+        self.last_indices = index
+        images = _take(self.reference.image_inputs, index).to(strategy.device)
+        text_index = self._texts_for(index)
+        with torch.no_grad():
+            teacher_image = F.normalize(self.initial.encode_image(images), dim=-1)
+            if self._teacher_texts is not None:
+                teacher_text = self._teacher_texts
+            else:
+                texts = self.reference.text_inputs[text_index].to(strategy.device)
+                teacher_text = F.normalize(self.initial.encode_text(texts), dim=-1)
+        student_image = F.normalize(clip.encode_image(images), dim=-1)
+        if self.p.text_features == "teacher":
+            student_text = teacher_text
+        else:
+            texts = self.reference.text_inputs[text_index].to(strategy.device)
+            student_text = F.normalize(clip.encode_text(texts), dim=-1)
+        distill = zscl_loss(student_image, student_text, teacher_image, teacher_text, logit_scale(clip), self.p.temperature)
+        record_term(strategy, "zscl", distill)
+        loss = self.p.weight * distill
+        if self.p.l2 > 0:
+            l2 = l2_penalty([p for p in clip.parameters() if p.requires_grad], self.anchor)
+            record_term(strategy, "l2", l2)
+            loss = loss + self.p.l2 * l2
+        strategy.loss = strategy.loss + loss
+
+    def after_update(self, strategy, **kwargs) -> None:
+        if self.p.we and self.step % self.p.we_interval == 0:
+            self.average.update_parameters(strategy.model.model)
+        self.step += 1
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        if not self.p.we:
+            return
+        averaged = dict(self.average.module.named_parameters())
+        with torch.no_grad():
+            for name, p in strategy.model.model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(averaged[name])
+        self.average = None
+        strategy.model.invalidate()
+
+
+class ZSCL(ClipStrategy):
+    """ZSCL: distil the initial model on reference pairs, plus weight ensembling (Zheng et al. 2023)."""
+
+    Params = ZSCLParams
+
+    def __init__(self, *, classifier: Any, context: Any = None, **kwargs: Any) -> None:
+        if context is None or context.reference is None:
+            raise ConfigError("zscl needs reference pairs: set control.name")
+        self.initial_model = frozen_copy(classifier.model)  # the model before any session
+        super().__init__(classifier=classifier, context=context, **kwargs)
+
+    def method_plugins(self) -> list[SupervisedPlugin]:
+        return [ZSCLPlugin(self.context.reference, self.initial_model, **vars(self.params))]
