@@ -33,6 +33,14 @@ import open_clip  # noqa: E402
 from open_clip.hf_model import HFTextEncoder  # noqa: E402
 from open_clip.timm_model import TimmModel  # noqa: E402
 
+try:  # loading the MiniLM tower prints a load report and a progress bar: not the user's concern
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+except ImportError:
+    pass
+
 LIT_MODEL = "lit-effnet-minilm"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Mean/std 0.5 normalisation for the LiT composite (measured better than CLIP's on this trunk).
