@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Fashion-MNIST, the emoji font and names, the Tux Paint stamps (DATA.md).
-packages="dataset-fashion-mnist fonts-noto-color-emoji unicode-data tuxpaint-stamps-default"
+# Fashion-MNIST, the emoji font and names, the Tux Paint stamps (DATA.md); cairo for CairoSVG.
+packages="dataset-fashion-mnist fonts-noto-color-emoji unicode-data tuxpaint-stamps-default libcairo2"
 if ! dpkg -s $packages >/dev/null 2>&1; then
     sudo_="" && [ "$(id -u)" -ne 0 ] && sudo_="sudo"
     $sudo_ apt-get update -qq
