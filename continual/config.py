@@ -14,7 +14,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -241,9 +241,15 @@ def _non_negative(cfg: DictConfig, *keys: str) -> None:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
 
 
-def _choice(cfg: DictConfig, key: str, options: tuple) -> None:
-    value = _get(cfg, key)
+def check_choice(key: str, value: Any, options: Sequence[str]) -> None:
+    """Raise a one-line ConfigError unless ``value`` is one of ``options`` (with a suggestion).
+
+    Strategies use it for their own parameters (``key`` like ``strategy.teacher``)."""
     if value not in options:
-        close = difflib.get_close_matches(str(value), options, n=1)
+        close = difflib.get_close_matches(str(value), list(options), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{key}: '{value}' is not allowed{hint}; choose one of: {', '.join(options)}")
+
+
+def _choice(cfg: DictConfig, key: str, options: tuple) -> None:
+    check_choice(key, _get(cfg, key), options)

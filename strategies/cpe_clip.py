@@ -65,6 +65,7 @@ from avalanche.core import SupervisedPlugin
 from open_clip.transformer import TextTransformer, Transformer, VisionTransformer
 from torch import nn
 
+from continual.config import check_choice
 from continual.errors import ConfigError, UserError
 from continual.heads import ClipClassifier
 from strategies.base import ClipStrategy
@@ -186,8 +187,7 @@ class PromptedCLIP(nn.Module):
 
     def __init__(self, clip: nn.Module, n_tokens: int = 2, depth: int = 0, towers: str = "both") -> None:
         super().__init__()
-        if towers not in TOWERS:
-            raise ConfigError(f"strategy.towers: '{towers}' is not allowed; choose one of: {', '.join(TOWERS)}")
+        check_choice("strategy.towers", towers, TOWERS)
         self._text_path, self._pool, self._eos = _text_tower(clip)
         text = clip.get_submodule(self._text_path) if self._text_path else clip
         n_text = len(text.transformer.resblocks)
@@ -331,10 +331,8 @@ class CPECLIPParams:
     lr_schedule: str = "authors"
 
     def __post_init__(self) -> None:
-        if self.towers not in TOWERS:
-            raise ConfigError(f"strategy.towers: '{self.towers}' is not allowed; choose one of: {', '.join(TOWERS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"strategy.lr_schedule: '{self.lr_schedule}' is not allowed; choose one of: {', '.join(LR_SCHEDULES)}")
+        check_choice("strategy.towers", self.towers, TOWERS)
+        check_choice("strategy.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for key in ("prompt_tokens",):
             if getattr(self, key) < 1:
                 raise ConfigError(f"strategy.{key} must be >= 1, got {getattr(self, key)}")

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import logit_scale
 from strategies.base import ClipStrategy
@@ -57,15 +58,10 @@ class LwFParams:
     symmetric: bool = False  # also distil class-to-image over the batch (ZSCL's LwF code: true)
 
     def __post_init__(self) -> None:
-        _choice("classes", self.classes, ("current", "seen_before"))
-        _choice("text_features", self.text_features, ("student", "teacher"))
+        check_choice("strategy.classes", self.classes, ("current", "seen_before"))
+        check_choice("strategy.text_features", self.text_features, ("student", "teacher"))
         if self.alpha < 0 or self.temperature <= 0:
             raise ConfigError(f"strategy.alpha must be >= 0 and strategy.temperature > 0, got {self.alpha}, {self.temperature}")
-
-
-def _choice(key: str, value: str, options: tuple) -> None:
-    if value not in options:
-        raise ConfigError(f"strategy.{key}: '{value}' is not allowed; choose one of: {', '.join(options)}")
 
 
 class LwFPlugin(SupervisedPlugin):

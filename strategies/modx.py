@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
 from strategies.base import ClipStrategy
@@ -115,10 +116,8 @@ class ModXParams:
     contrastive_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError(f"strategy.reduction: '{self.reduction}' is not allowed; choose one of: {', '.join(REDUCTIONS)}")
-        if self.teacher not in TEACHERS:
-            raise ConfigError(f"strategy.teacher: '{self.teacher}' is not allowed; choose one of: {', '.join(TEACHERS)}")
+        check_choice("strategy.reduction", self.reduction, REDUCTIONS)
+        check_choice("strategy.teacher", self.teacher, TEACHERS)
         for key in ("alpha", "contrastive_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"strategy.{key} must be >= 0, got {getattr(self, key)}")

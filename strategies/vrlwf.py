@@ -39,6 +39,7 @@ from torch import nn
 
 from continual.backbone import HFTextTrunk
 from continual.context import StrategyContext
+from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import ClipClassifier, logit_scale
 from strategies.base import ClipStrategy
@@ -172,10 +173,8 @@ class VRLwFParams:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.vocabulary not in VOCABULARIES:
-            raise ConfigError(f"strategy.vocabulary: '{self.vocabulary}' is not allowed; choose one of: {', '.join(VOCABULARIES)}")
-        if self.teacher not in TEACHERS:
-            raise ConfigError(f"strategy.teacher: '{self.teacher}' is not allowed; choose one of: {', '.join(TEACHERS)}")
+        check_choice("strategy.vocabulary", self.vocabulary, VOCABULARIES)
+        check_choice("strategy.teacher", self.teacher, TEACHERS)
         for key in ("vocab_size", "vocab_length", "temperature"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"strategy.{key} must be > 0, got {getattr(self, key)}")

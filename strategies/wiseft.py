@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 import torch
 from avalanche.core import SupervisedPlugin
 
+from continual.config import check_choice
 from continual.errors import ConfigError
 from strategies.base import ClipStrategy
 
@@ -43,8 +44,7 @@ class WiSEFTParams:
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"strategy.alpha must be in [0, 1], got {self.alpha}")
-        if self.anchor not in ("initial", "previous"):
-            raise ConfigError(f"strategy.anchor: '{self.anchor}' is not allowed; choose one of: initial, previous")
+        check_choice("strategy.anchor", self.anchor, ("initial", "previous"))
 
 
 class WiSEFTPlugin(SupervisedPlugin):

@@ -44,6 +44,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import logit_scale
 from continual.stream import ControlSet
@@ -85,8 +86,7 @@ class ZSCLParams:
     def __post_init__(self) -> None:
         for key, value, options in (("ref_texts", self.ref_texts, ("all", "batch")),
                                     ("text_features", self.text_features, ("teacher", "student"))):
-            if value not in options:
-                raise ConfigError(f"strategy.{key}: '{value}' is not allowed; choose one of: {', '.join(options)}")
+            check_choice(f"strategy.{key}", value, options)
         if self.weight < 0 or self.l2 < 0 or self.temperature <= 0 or self.ref_batch_size < 1 or self.we_interval < 1:
             raise ConfigError("strategy: weight and l2 must be >= 0, temperature > 0, ref_batch_size and we_interval >= 1")
 
