@@ -117,13 +117,14 @@ class ClipStrategy(SupervisedTemplate):
             train_epochs=train.epochs,
             eval_mb_size=eval_batch_size,
             device=device,
-            plugins=[LRSchedule(train), *self.method_plugins(), FiniteLossGuard(), *plugins],
+            plugins=[LRSchedule(train), *self.method_plugins(classifier), FiniteLossGuard(), *plugins],
             evaluator=evaluator or _silent_evaluator(),
         )
 
     # -- hooks for methods -------------------------------------------------------------------
-    def method_plugins(self) -> list[SupervisedPlugin]:
-        """Plugins that implement the method (none for plain fine-tuning)."""
+    def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
+        """Plugins that implement the method (none for plain fine-tuning); ``classifier`` is the
+        model before any training (``self.model`` does not exist yet)."""
         return []
 
     def trainable(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -359,7 +359,7 @@ class CPECLIP(ClipStrategy):
         self.prompted: PromptedCLIP = classifier.model
         super().__init__(classifier=classifier, params=params, **kwargs)
 
-    def method_plugins(self) -> list[SupervisedPlugin]:
+    def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
         prompts = self.prompted.prompts
         plugins: list[SupervisedPlugin] = [CPEPlugin(prompts, session_scaling=self.params.session_scaling)]
         if self.params.lr_schedule == "authors":

@@ -120,7 +120,7 @@ class LwF(ClipStrategy):
 
     Params = LwFParams
 
-    def method_plugins(self) -> list[SupervisedPlugin]:
+    def method_plugins(self, classifier: torch.nn.Module) -> list[SupervisedPlugin]:
         self.lwf = LwFPlugin(**vars(self.params))
         return [self.lwf]
 

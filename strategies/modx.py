@@ -180,10 +180,5 @@ class ModX(ClipStrategy):
 
     Params = ModXParams
 
-    def __init__(self, *, classifier: ClipClassifier, **kwargs: Any) -> None:
-        self._model_before_training = classifier.model  # for teacher="initial" (copied once)
-        super().__init__(classifier=classifier, **kwargs)
-        del self._model_before_training
-
-    def method_plugins(self) -> list[SupervisedPlugin]:
-        return [ModXPlugin(self.params, model=self._model_before_training)]
+    def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
+        return [ModXPlugin(self.params, model=classifier.model)]

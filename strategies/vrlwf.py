@@ -262,10 +262,5 @@ class VRLwF(ClipStrategy):
 
     Params = VRLwFParams
 
-    def __init__(self, *, classifier: ClipClassifier, **kwargs: Any) -> None:
-        self._model_before_training = classifier.model  # for teacher="initial" (copied once)
-        super().__init__(classifier=classifier, **kwargs)
-        del self._model_before_training
-
-    def method_plugins(self) -> list[SupervisedPlugin]:
-        return [VRLwFPlugin(self.params, self.context, model=self._model_before_training)]
+    def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
+        return [VRLwFPlugin(self.params, self.context, model=classifier.model)]

@@ -88,5 +88,5 @@ class WiSEFT(ClipStrategy):
         self.theta_0 = trainable_state(classifier)
         super().__init__(classifier=classifier, **kwargs)
 
-    def method_plugins(self) -> list[SupervisedPlugin]:
+    def method_plugins(self, classifier: torch.nn.Module) -> list[SupervisedPlugin]:
         return [WiSEFTPlugin(**vars(self.params), theta_0=self.theta_0)]

@@ -224,5 +224,5 @@ class ZSCL(ClipStrategy):
         self.initial_model = frozen_copy(classifier.model)  # the model before any session
         super().__init__(classifier=classifier, context=context, **kwargs)
 
-    def method_plugins(self) -> list[SupervisedPlugin]:
+    def method_plugins(self, classifier: torch.nn.Module) -> list[SupervisedPlugin]:
         return [ZSCLPlugin(self.context.reference, self.initial_model, **vars(self.params))]

@@ -294,9 +294,9 @@ def test_wiseft_interpolates_exactly_and_alpha_one_is_finetune(finetune, make_co
         theta_0.update(state(strategy) if not theta_0 else {})
 
     plugins = WiSEFT.method_plugins
-    monkeypatch.setattr(WiSEFT, "method_plugins", lambda self: [
+    monkeypatch.setattr(WiSEFT, "method_plugins", lambda self, classifier: [
         Recorder("before_training_exp", first), Recorder("after_training_exp", lambda s: trained.append(state(s))),
-        *plugins(self), Recorder("after_training_exp", lambda s: merged.append(state(s)))])
+        *plugins(self, classifier), Recorder("after_training_exp", lambda s: merged.append(state(s)))])
     result = run_digits(make_config, store, "strategy.name=wiseft", "strategy.alpha=0.5")
     assert set(theta_0) == {"model.visual.head.proj.weight", "model.text.proj.weight"} and len(merged) == 2
     for session in range(2):
@@ -333,7 +333,7 @@ def test_joint_trains_on_the_union_of_sessions(finetune, make_config, store, mon
     def record(strategy):
         labels.setdefault(strategy.experience.current_experience, []).extend(strategy.mb_y.tolist())
 
-    monkeypatch.setattr(Joint, "method_plugins", lambda self: [Recorder("after_training_iteration", record)])
+    monkeypatch.setattr(Joint, "method_plugins", lambda self, classifier: [Recorder("after_training_iteration", record)])
     result = run_digits(make_config, store, "strategy.name=joint")
     first, second = set(labels[0]), set(labels[1])
     assert len(labels[0]) == 2 * 200 and len(labels[1]) == 2 * 400  # 2 epochs over D_1, then D_1 u D_2
