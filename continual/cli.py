@@ -108,14 +108,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def final_report(result, cfg) -> str:
     from continual.metrics import format_summary
 
-    T = result.accuracy.shape[1]
-    lines = ["Accuracy matrix (%): rows = after session i (0 = before training), columns = session j's test data",
-             "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(T))]
-    for i, row in enumerate(result.accuracy):
-        lines.append(f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row))
-    keys = {k: v for k, v in result.summary.items() if not k.startswith(("acc/session_", "control/i2t_r5", "control/i2t_r10",
-                                                                          "control/t2i_r5", "control/t2i_r10"))}
-    lines += ["", "Summary after the last session:", format_summary(keys), ""]
+    titles = {"accuracy": "Accuracy", "i2t_r1": "Image-to-text R@1", "t2i_r1": "Text-to-image R@1"}
+    lines = []
+    for name, R in (result.matrices or {"accuracy": result.accuracy}).items():
+        lines += [f"{titles.get(name, name)} matrix (%): rows = after session i (0 = before training), "
+                  "columns = session j's test data",
+                  "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(R.shape[1]))]
+        lines += [f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row) for i, row in enumerate(R)] + [""]
+    keys = {k: v for k, v in result.summary.items()
+            if not k.startswith(("acc/session_", "i2t/session_", "t2i/session_", "retrieval/", "control/i2t_r5",
+                                 "control/i2t_r10", "control/t2i_r5", "control/t2i_r10"))}
+    lines += ["Summary after the last session:", format_summary(keys), ""]
     lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     if not cfg.tracking.uri:
         lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then http://127.0.0.1:5000)")

@@ -26,6 +26,11 @@ TRAINABLE = ("projections", "image", "text", "all", "none")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
 LABEL_SPACES = ("seen", "current", "all")
+EVAL_LABEL_SPACES = ("all", "seen", "session")
+LOSSES = ("auto", "ce", "contrastive")
+EVAL_METRICS = ("auto", "accuracy", "retrieval")
+SESSION_BY = ("group", "source", "slices")
+ON_CORRUPT = ("error", "skip")
 
 
 @dataclass
@@ -54,6 +59,32 @@ class StreamConfig:
     class_order: List[int] = field(default_factory=list)
     # Folder holding the data; null = the default locations (see the stream's docstring).
     root: Optional[str] = None
+    # Let torchvision download a dataset that is not under root (needs internet).
+    download: bool = False
+    # Share of each class's (or each session's pairs') images held out for testing, for data
+    # that comes without a test split (image folders, manifests, caption pairs).
+    test_fraction: float = 0.2
+    # Unreadable images in file-based data: error (stop before training, naming the file) |
+    # skip (leave them out, count them in the plan and in MLflow).
+    on_corrupt: str = "error"
+    # -- few-shot class-incremental (FSCIL): a base session, then N-way K-shot sessions.
+    # Classes of session 1 (0 = all sessions the same size).
+    base_classes: int = 0
+    # New classes per later session (0 = the remaining classes split evenly).
+    ways: int = 0
+    # Training examples per class in later sessions (0 = train_per_class).
+    shots: int = 0
+    # Folder of the official split lists session_1.txt .. session_T.txt (FSCIL papers'
+    # index_list); they fix the classes and training images of every session.
+    split_dir: Optional[str] = None
+    # -- multi-domain (MTIL): the datasets, one session each, in this order.
+    datasets: List[str] = field(default_factory=list)
+    # -- image-text pairs: sources ("emoji", "tux", or manifest files: .csv, .jsonl, or a
+    # Karpathy-split .json), and how they are cut into sessions: by group (category), by
+    # source, or into equal consecutive slices (slices[k] per source; default n_sessions).
+    sources: List[str] = field(default_factory=list)
+    session_by: str = "group"
+    slices: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -79,14 +110,25 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # Classes the training loss ranges over: seen so far | current session | all of the stream.
     label_space: str = "seen"
+    # Training iterations per session (0 = train.epochs full passes instead).
+    iterations: int = 0
+    # Learning rate for particular sessions, by session name (e.g. MTIL's {aircraft: 5e-5}).
+    session_lr: Dict[str, float] = field(default_factory=dict)
+    # Task loss: auto (cross-entropy on classification streams, CLIP's contrastive loss on
+    # image-text streams) | ce | contrastive (symmetric InfoNCE over the batch's pairs).
+    loss: str = "auto"
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 256
     # Classes a test image is classified among: all of the stream's classes (so that future
-    # sessions' columns are meaningful zero-shot) | seen so far plus the evaluated session's.
+    # sessions' columns are meaningful zero-shot) | seen so far plus the evaluated session's |
+    # the evaluated session's own (task-incremental, as in MTIL).
     label_space: str = "all"
+    # What the session matrices hold: auto (accuracy on classification streams, retrieval
+    # R@1 per direction on image-text streams) | accuracy | retrieval.
+    metric: str = "auto"
 
 
 @dataclass
@@ -141,8 +183,9 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
 def validate(cfg: DictConfig) -> None:
     """Range and name checks the schema's types cannot express."""
     _positive(cfg, "stream.n_sessions", "train.batch_size", "eval.batch_size")
-    _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps",
-                  "stream.train_per_class", "stream.test_per_class", "threads")
+    _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps", "train.iterations",
+                  "stream.train_per_class", "stream.test_per_class", "stream.base_classes", "stream.ways",
+                  "stream.shots", "threads")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
     if not 0 <= cfg.train.label_smoothing < 1:
@@ -153,7 +196,18 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.optimizer", OPTIMIZERS)
     _choice(cfg, "train.scheduler", SCHEDULERS)
     _choice(cfg, "train.label_space", LABEL_SPACES)
-    _choice(cfg, "eval.label_space", ("all", "seen"))
+    _choice(cfg, "eval.label_space", EVAL_LABEL_SPACES)
+    _choice(cfg, "eval.metric", EVAL_METRICS)
+    _choice(cfg, "train.loss", LOSSES)
+    _choice(cfg, "stream.session_by", SESSION_BY)
+    _choice(cfg, "stream.on_corrupt", ON_CORRUPT)
+    if not 0 < cfg.stream.test_fraction < 1:
+        raise ConfigError(f"stream.test_fraction must be in (0, 1), got {cfg.stream.test_fraction}")
+    for name, lr in cfg.train.session_lr.items():
+        if not lr > 0:
+            raise ConfigError(f"train.session_lr.{name} must be > 0, got {lr}")
+    if any(n <= 0 for n in cfg.stream.slices):
+        raise ConfigError(f"stream.slices must be positive numbers of slices per source, got {list(cfg.stream.slices)}")
     if not cfg.model.templates or any("{}" not in t for t in cfg.model.templates):
         raise ConfigError("model.templates: give at least one template, each containing '{}' for the class name")
     if "name" not in cfg.strategy:

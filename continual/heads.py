@@ -1,9 +1,10 @@
 """Zero-shot classifier head: class names and prompt templates turned into CLIP logits.
 
 logits = s * f_I(x) W^T, with W[c] the L2-normalised mean over templates of the normalised text
-features of template(class c), and s = exp(logit_scale) clamped to at most 100. The class text
-features are computed once and cached while the text side cannot change (text tower frozen, or
-the model in eval mode); they are recomputed with gradient when the text side trains.
+features of template(class c), and s = exp(logit_scale) clamped to at most 100. Classes may
+have different templates (each MTIL dataset its own). The class text features are computed once
+and cached while the text side cannot change (text tower frozen, or the model in eval mode);
+they are recomputed with gradient when the text side trains, for the classes asked only.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ from continual.backbone import is_image_param
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Class-major list: all templates of class 0, then of class 1, ..."""
-    return [t.format(name) for name in class_names for t in templates]
+def prompts(class_names: Sequence[str], templates: Sequence[str] | Sequence[Sequence[str]]) -> list[str]:
+    """Class-major list: all templates of class 0, then of class 1, ... ``templates`` is one
+    list for every class, or one list per class."""
+    return [t.format(name) for name, ts in zip(class_names, per_class(templates, len(class_names))) for t in ts]
+
+
+def per_class(templates: Sequence[str] | Sequence[Sequence[str]], n_classes: int) -> list[list[str]]:
+    """Templates of each class: the same list for all, or the per-class lists as given."""
+    if templates and not isinstance(templates[0], str):
+        if len(templates) != n_classes:
+            raise ValueError(f"{len(templates)} template lists for {n_classes} classes")
+        return [list(t) for t in templates]
+    return [list(templates)] * n_classes
 
 
 def logit_scale(model: nn.Module) -> torch.Tensor:
@@ -34,34 +45,63 @@ class ClipClassifier(nn.Module):
     """Wraps a CLIP model (``encode_image``/``encode_text``) as a classifier over named classes.
 
     ``text_inputs`` are the model's text inputs (tokens or frozen-trunk features) for
-    ``prompts(class_names, templates)``. ``forward`` returns logits over all classes in label
-    order; restricting to a label space is the loss's job (see ``restrict``).
+    ``prompts(class_names, templates)``; ``n_templates`` is the number of templates of every
+    class, or a list with each class's number. ``forward`` returns logits over all classes in
+    label order; restricting to a label space is the loss's job (see ``restrict``).
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str], text_inputs: torch.Tensor,
-                 n_templates: int) -> None:
+                 n_templates: int | Sequence[int]) -> None:
         super().__init__()
         self.model = model
         self.class_names = list(class_names)
+        counts = [n_templates] * len(self.class_names) if isinstance(n_templates, int) else list(n_templates)
+        if len(counts) != len(self.class_names) or sum(counts) != len(text_inputs):
+            raise ValueError(f"{len(text_inputs)} prompts do not match {len(self.class_names)} classes' template counts")
         self.n_templates = n_templates
+        # prompt rows of class c: starts[c] .. starts[c] + counts[c] - 1
+        self.register_buffer("counts", torch.tensor(counts, dtype=torch.long), persistent=False)
+        self.register_buffer("starts", torch.cumsum(self.counts, 0) - self.counts, persistent=False)
         self.register_buffer("text_inputs", text_inputs, persistent=False)
         self._cache: Optional[torch.Tensor] = None
+
+    def prompt_rows(self, classes: Sequence[int]) -> list[int]:
+        """Rows of ``text_inputs`` holding the prompts of ``classes`` (class-major)."""
+        return [int(self.starts[c]) + k for c in classes for k in range(int(self.counts[c]))]
 
     def text_trainable(self) -> bool:
         return any(p.requires_grad for n, p in self.model.named_parameters()
                    if not is_image_param(n) and n not in ("logit_scale", "logit_bias"))
 
-    def class_embeddings(self) -> torch.Tensor:
-        """W: [n_classes, dim], normalised. Cached unless the text side is being trained."""
+    def class_embeddings(self, classes: Optional[torch.Tensor | Sequence[int]] = None) -> torch.Tensor:
+        """W: [n_classes, dim] (or the rows of ``classes``, repeats allowed), normalised.
+
+        Cached unless the text side is being trained; then only ``classes`` are encoded (an
+        image-text batch encodes its own captions, not the whole stream's)."""
         needs_grad = self.training and torch.is_grad_enabled() and self.text_trainable()
-        if not needs_grad and self._cache is not None:
-            return self._cache
-        feats = F.normalize(self.model.encode_text(self.text_inputs), dim=-1)
-        feats = feats.view(len(self.class_names), self.n_templates, -1).mean(dim=1)
-        weights = F.normalize(feats, dim=-1)
         if not needs_grad:
-            self._cache = weights.detach()
-        return weights
+            if self._cache is None:
+                with torch.no_grad():
+                    self._cache = self._embed(torch.arange(len(self.class_names)))
+            return self._cache if classes is None else self._cache[torch.as_tensor(classes, dtype=torch.long)]
+        if classes is None:
+            return self._embed(torch.arange(len(self.class_names)))
+        wanted = torch.as_tensor(classes, dtype=torch.long)
+        unique, inverse = torch.unique(wanted, return_inverse=True)
+        return self._embed(unique)[inverse]
+
+    def _embed(self, classes: torch.Tensor) -> torch.Tensor:
+        """Normalised mean over each class's templates of its normalised prompt features."""
+        counts = self.counts[classes]
+        rows = torch.tensor(self.prompt_rows(classes.tolist()), dtype=torch.long, device=self.text_inputs.device)
+        feats = F.normalize(self.model.encode_text(self.text_inputs[rows]), dim=-1)
+        owner = torch.repeat_interleave(torch.arange(len(classes), device=feats.device), counts.to(feats.device))
+        sums = torch.zeros(len(classes), feats.shape[1], dtype=feats.dtype, device=feats.device).index_add(0, owner, feats)
+        return F.normalize(sums / counts.to(feats.device, feats.dtype)[:, None], dim=-1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """f_I(x), normalised."""
+        return F.normalize(self.model.encode_image(images), dim=-1)
 
     def train(self, mode: bool = True) -> "ClipClassifier":
         if self.text_trainable():  # text features may change while training
@@ -72,9 +112,12 @@ class ClipClassifier(nn.Module):
         """Drop cached class features (call after changing text weights outside training)."""
         self._cache = None
 
+    def logits(self, image_features: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """s * f_I(x) W^T over all classes (or the columns of ``classes``)."""
+        return logit_scale(self.model) * image_features @ self.class_embeddings(classes).t()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(self.model.encode_image(images), dim=-1)
-        return logit_scale(self.model) * image @ self.class_embeddings().t()
+        return self.logits(self.encode_images(images))
 
 
 def restrict(logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

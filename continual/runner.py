@@ -1,10 +1,12 @@
 """The experiment runner: train session by session, evaluate everything after each, log it.
 
-For a stream of T sessions the runner fills the accuracy matrix R ((T+1) x T): row 0 is the
-model before any training; after training session i, row i holds the accuracy on every
-session's test data, future sessions included. After each row it also evaluates the control
-data (never trained on), computes every summary metric of the rows so far, checkpoints the
-trained parameters and the runner's state, and logs all of it to MLflow with step = i.
+For a stream of T sessions the runner fills the session matrices ((T+1) x T): row 0 is the
+model before any training; after training session i, row i holds the score on every session's
+test data, future sessions included: accuracy on classification streams, image-to-text and
+text-to-image R@1 (one matrix per direction) on image-text streams. After each row it also
+evaluates the control data (never trained on), computes every summary metric of the rows so
+far, checkpoints the trained parameters and the runner's state, and logs all of it to MLflow
+with step = i.
 """
 
 from __future__ import annotations
@@ -26,20 +28,25 @@ from continual import checkpoint
 from continual import metrics as M
 from continual.config import strategy_params, to_dict, to_yaml
 from continual.context import StrategyContext
-from continual.errors import UserError
+from continual.errors import ConfigError, UserError
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
 Echo = Callable[[str], None]
+
+
+# The matrices of each kind of stream, and the prefix of their metrics in MLflow.
+MATRICES = {"classification": {"accuracy": "acc"}, "pairs": {"i2t_r1": "i2t", "t2i_r1": "t2i"}}
 
 
 @dataclass
 class RunResult:
     run_id: str
     tracking_uri: str
-    accuracy: np.ndarray  # (T+1) x T
+    accuracy: np.ndarray  # (T+1) x T: the first matrix (accuracy, or image-to-text R@1)
     control: list[dict]  # retrieval metrics per row
     summary: dict[str, float]
     sessions: list[dict] = field(default_factory=list)
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)  # every matrix, by name
 
 
 def seed_everything(seed: int) -> None:
@@ -54,18 +61,26 @@ def plan(cfg: DictConfig) -> list[str]:
     strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
     params = strategy_params(cfg, strategy_cls.Params)
     stream = STREAMS.get(cfg.stream.name, "stream.name")(cfg.stream, cfg.seed)
+    check_fit(cfg, strategy_cls, stream)
     lines = [f"model {cfg.model.name} (pretrained: {cfg.model.pretrained or 'random init'}, trainable: "
              f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {list(cfg.model.templates)}"]
     lines.append(f"strategy {cfg.strategy.name}: {strategy_cls.__doc__.strip().splitlines()[0]}")
     if params is not None:
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in vars(params).items()))
     t = cfg.train
-    lines.append(f"train: {t.epochs} epochs/session, batch {t.batch_size}, {t.optimizer} lr {t.lr} "
+    length = f"{t.iterations} iterations" if t.iterations else f"{t.epochs} epochs"
+    session_lr = f", lr by session {dict(t.session_lr)}" if t.session_lr else ""
+    loss = task_loss(cfg, stream)
+    lines.append(f"train: {length}/session, batch {t.batch_size}, {t.optimizer} lr {t.lr}{session_lr} "
                  f"(wd {t.weight_decay}, {t.scheduler}, warm-up {t.warmup_steps}), label smoothing "
-                 f"{t.label_smoothing}, loss over {t.label_space} classes; eval among {cfg.eval.label_space} classes")
+                 f"{t.label_smoothing}, " + (f"cross-entropy over {t.label_space} classes" if loss == "ce"
+                                            else "contrastive loss over the batch's pairs")
+                 + "; eval: " + (f"accuracy among {cfg.eval.label_space} classes" if stream.kind == "classification"
+                                 else "retrieval R@1/5/10 per session's test pairs"))
     lines += stream.plan()
     if cfg.control.name:
-        lines += CONTROLS.get(cfg.control.name, "control.name")(cfg.control).plan()
+        control = CONTROLS.get(cfg.control.name, "control.name")(cfg.control)
+        lines += _without_stream_concepts(control, stream, lambda line: lines.append("  " + line)).plan()
     lines.append(f"tracking: {tracking_uri(cfg)} (experiment '{cfg.tracking.experiment}')")
     return lines
 
@@ -86,7 +101,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     """
     from continual.backbone import load_backbone
     from continual.features import image_inputs, text_inputs
-    from continual.heads import ClipClassifier, prompts
+    from continual.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
     from continual.tracking import MLflowLogger, check_tracking_uri, default_artifact_root
 
@@ -97,7 +112,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
     params = strategy_params(cfg, strategy_cls.Params)
     stream_fn = STREAMS.get(cfg.stream.name, "stream.name")
-    stream_fn(cfg.stream, cfg.seed)  # data present and the split valid
+    check_fit(cfg, strategy_cls, stream_fn(cfg.stream, cfg.seed))  # data present, split valid, method fits
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
     fingerprint = config_fingerprint(cfg)
@@ -114,16 +129,17 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
         return text_inputs(texts, backbone.tokenizer, backbone.text_trunk, backbone.fingerprint("text"))
 
     t0 = time.perf_counter()
-    stream = stream_fn(cfg.stream, cfg.seed, encode_images)
+    stream = stream_fn(cfg.stream, cfg.seed, encode_images, encode_texts)
     control = CONTROLS.get(cfg.control.name)(cfg.control, encode_images, encode_texts) if cfg.control.name else None
+    control = _without_stream_concepts(control, stream, echo)
     _check_control_unseen(control, backbone.base_meta)
     echo(f"data ready in {time.perf_counter() - t0:.0f} s: " + "; ".join(stream.plan()[:1] + (control.plan() if control else [])))
 
-    templates = list(cfg.model.templates)
+    templates = per_class(class_templates(cfg, stream), len(stream.class_names))
     classifier = ClipClassifier(backbone.model, stream.class_names,
-                                encode_texts(prompts(stream.class_names, templates)), len(templates))
+                                encode_texts(prompts(stream.class_names, templates)), [len(t) for t in templates])
     T = len(stream.sessions)
-    R = np.full((T + 1, T), np.nan)
+    matrices = {name: np.full((T + 1, T), np.nan) for name in MATRICES[stream.kind]}
     control_rows: list[dict] = []
     sessions: list[dict] = []
     test_sizes = [s.n_test for s in stream.sessions]
@@ -146,15 +162,18 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                                   reference=reference_pairs(cfg, encode_images, encode_texts))
         strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
                                 plugins=plugins, device=cfg.device, eval_batch_size=cfg.eval.batch_size,
-                                evaluator=training_curves(logger))
-        matrix_labels = [f"session {j}" for j in range(1, T + 1)]
+                                evaluator=training_curves(logger), task_loss=task_loss(cfg, stream),
+                                session_lr=session_lrs(cfg, stream))
+        matrix_labels = [s.name or f"session {s.index}" for s in stream.sessions]
 
         def log_row(i: int, record: dict) -> dict:
-            metrics = session_metrics(R[: i + 1], control_rows, test_sizes, record)
+            metrics = session_metrics({k: m[: i + 1] for k, m in matrices.items()}, control_rows, test_sizes, record)
             logger.log_metrics(metrics, step=i)
             labels = ["before training"] + [f"after session {k}" for k in range(1, i + 1)]
-            logger.log_matrix("accuracy_matrix", R[: i + 1], labels, matrix_labels,
-                              title=f"{cfg.strategy.name} on {cfg.stream.name}: accuracy (%)")
+            for name, m in matrices.items():
+                what = "accuracy (%)" if name == "accuracy" else f"{name.replace('_r1', '').replace('2', '-to-')} R@1 (%)"
+                logger.log_matrix(f"{name}_matrix", m[: i + 1], labels, matrix_labels,
+                                  title=f"{cfg.strategy.name} on {cfg.stream.name}: {what}")
             return metrics
 
         first = 0
@@ -163,7 +182,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             raise UserError(f"run {run_id} has no checkpoint in {ckpt_dir}; run without --resume to start afresh")
         if state is not None:
             k = state["session"]
-            R[: k + 1] = np.array(state["accuracy"], dtype=float)
+            for name, rows in state["matrices"].items():
+                matrices[name][: k + 1] = np.array(rows, dtype=float)
             control_rows[:], sessions[:] = state["control"], state["sessions"]
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
@@ -186,28 +206,33 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 record["examples_per_s"] = record["examples"] / max(record["train_seconds"], 1e-9)
             record["trainable_params"] = sum(p.numel() for p in strategy.model.parameters() if p.requires_grad)
             start = time.perf_counter()
-            R[i] = evaluate_row(classifier, stream, strategy, cfg, seen=i)
+            row = evaluate_row(classifier, stream, cfg, seen=i)
+            for name in matrices:
+                matrices[name][i] = row.pop(name)
+            record.update(row)  # per-session retrieval details (image-text streams)
             if control is not None:
                 from continual.evaluation import retrieval
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
             sessions.append(record)
             checkpoint.save(ckpt_dir, i, classifier.model, {
-                "accuracy": R[: i + 1].tolist(), "control": control_rows, "sessions": sessions,
+                "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
+                "control": control_rows, "sessions": sessions,
                 "strategy": strategy.resume_state(), "run_id": logger.run_id})
             echo(describe_row(i, log_row(i, record)))
-        summary = {k: v for k, v in session_metrics(R, control_rows, test_sizes, sessions[-1]).items()
+        summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}
         summary["total/train_seconds"] = sum(s.get("train_seconds", 0.0) for s in sessions)
         summary["total/eval_seconds"] = sum(s["eval_seconds"] for s in sessions)
         logger.log_metrics({k: v for k, v in summary.items() if k.startswith("total/")}, step=T)
-        logger.log_json({"summary": summary, "sessions": sessions, "accuracy": R.tolist(), "control": control_rows},
-                        "summary.json")
+        logger.log_json({"summary": summary, "sessions": sessions, "control": control_rows,
+                         **{k: m.tolist() for k, m in matrices.items()}}, "summary.json")
         logger.finish("FINISHED")
     except BaseException as exc:
         logger.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
-    return RunResult(logger.run_id, uri, R, control_rows, summary, sessions)
+    first = next(iter(matrices.values()))
+    return RunResult(logger.run_id, uri, first, control_rows, summary, sessions, matrices)
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -274,29 +299,50 @@ def plan_lines(stream: Any, control: Any) -> list[str]:
     return stream.plan() + (control.plan() if control is not None else [])
 
 
-def evaluate_row(classifier: Any, stream: Any, strategy: Any, cfg: DictConfig, seen: int) -> np.ndarray:
-    """Accuracy on every session's test data (future ones included) for the current model."""
-    from continual.evaluation import accuracy
+def evaluate_row(classifier: Any, stream: Any, cfg: DictConfig, seen: int) -> dict[str, Any]:
+    """Every session's test score (future ones included) for the current model: a value per
+    matrix (``MATRICES[stream.kind]``), as arrays over sessions; image-text streams add each
+    session's full retrieval metrics under ``retrieval``."""
+    from continual.evaluation import accuracy, retrieval
 
+    if stream.kind == "pairs":
+        scores = [retrieval(classifier.model, test, cfg.eval.batch_size) for test in stream.tests]
+        return {"i2t_r1": np.array([s["i2t_r1"] for s in scores]), "t2i_r1": np.array([s["t2i_r1"] for s in scores]),
+                "retrieval": scores}
     row = np.empty(len(stream.sessions))
     seen_classes = [c for s in stream.sessions[:seen] for c in s.classes]
     for j, session in enumerate(stream.sessions):
-        classes = None if cfg.eval.label_space == "all" else sorted(set(seen_classes) | set(session.classes))
+        classes = {"all": None, "session": session.classes,
+                   "seen": sorted(set(seen_classes) | set(session.classes))}[cfg.eval.label_space]
         row[j] = accuracy(classifier, stream.benchmark.test_stream[j].dataset, classes, cfg.eval.batch_size)
-    return row
+    return {"accuracy": row}
 
 
-def session_metrics(R: np.ndarray, control_rows: list[dict], test_sizes: list[int], record: dict) -> dict[str, float]:
-    """Every metric logged after the session of the last row of ``R``."""
+def matrix_metrics(R: np.ndarray, test_sizes: list[int], prefix: str) -> dict[str, float]:
+    """The last row's cells and every summary metric of one matrix. Accuracy keeps its historic
+    names (acc/session_j, acc/seen, cl/*, mtil/*); others are prefixed (i2t/session_j,
+    i2t/seen, i2t/cl/*, i2t/mtil/*)."""
     i = R.shape[0] - 1
-    out: dict[str, float] = {f"acc/session_{j + 1}": float(v) for j, v in enumerate(R[i])}
+    group = "" if prefix == "acc" else f"{prefix}/"
+    out: dict[str, float] = {f"{prefix}/session_{j + 1}": float(v) for j, v in enumerate(R[i])}
     if i > 0:
-        out["acc/seen"] = float(M.accuracy_on_seen(R, True, test_sizes)[-1])
+        out[f"{prefix}/seen"] = float(M.accuracy_on_seen(R, True, test_sizes)[-1])
         summary = M.summarize(R, initial_row=True, weights=test_sizes)
         for key in ("avg_acc", "avg_inc_acc", "forgetting", "bwt", "fwt", "pd"):
-            out[f"cl/{key}"] = summary[key]
+            out[f"{group}cl/{key}"] = summary[key]
         for key in ("transfer", "avg", "last"):
-            out[f"mtil/{key}"] = summary[key]
+            out[f"{group}mtil/{key}"] = summary[key]
+    return out
+
+
+def session_metrics(matrices: dict[str, np.ndarray], control_rows: list[dict], test_sizes: list[int],
+                    record: dict) -> dict[str, float]:
+    """Every metric logged after the session of the matrices' last row."""
+    out: dict[str, float] = {}
+    for name, R in matrices.items():
+        out.update(matrix_metrics(R, test_sizes, _prefix(name)))
+    for j, scores in enumerate(record.get("retrieval", [])):  # R@5/10, median ranks per session
+        out.update({f"retrieval/session_{j + 1}/{k}": float(v) for k, v in scores.items()})
     if control_rows:
         now, first = control_rows[-1], control_rows[0]
         out.update({f"control/{k}": float(v) for k, v in now.items()})
@@ -311,15 +357,22 @@ def session_metrics(R: np.ndarray, control_rows: list[dict], test_sizes: list[in
     return out
 
 
+def _prefix(matrix: str) -> str:
+    return next(p for kinds in MATRICES.values() for name, p in kinds.items() if name == matrix)
+
+
 def describe_row(i: int, m: dict[str, float]) -> str:
     parts = [f"{'before training' if i == 0 else f'after session {i}'}:"]
-    if i == 0:
-        accs = [v for k, v in m.items() if k.startswith("acc/session_")]
-        parts.append(f"zero-shot acc {np.mean(accs):.1f}%")
-    else:
-        parts.append(f"seen acc {m['acc/seen']:.1f}%")
-        if not np.isnan(m["cl/forgetting"]):
-            parts.append(f"forgetting {m['cl/forgetting']:.1f}")
+    prefixes = [p for p in ("acc", "i2t", "t2i") if f"{p}/session_1" in m]
+    for p in prefixes:
+        what = "acc" if p == "acc" else f"{p} R@1"
+        group = "" if p == "acc" else f"{p}/"
+        if i == 0:
+            parts.append(f"zero-shot {what} {np.mean([v for k, v in m.items() if k.startswith(f'{p}/session_')]):.1f}%")
+        else:
+            parts.append(f"seen {what} {m[f'{p}/seen']:.1f}%")
+            if not np.isnan(m[f"{group}cl/forgetting"]):
+                parts.append(f"forgetting {m[f'{group}cl/forgetting']:.1f}")
     if "control/r1_mean" in m:
         parts.append(f"control R@1 {m['control/r1_mean']:.1f}% (retention {m['retention/relative']:.2f})")
     if "session/train_seconds" in m:
@@ -336,3 +389,75 @@ def _check_control_unseen(control: Any, base_meta: Optional[dict]) -> None:
     if leaked:
         raise UserError(f"control data overlaps the base's training data ({len(leaked)} pairs, e.g. {leaked[0]}); "
                         "set control.heldout_fraction and control.split_seed to the base's recipe")
+
+
+# -- what a stream asks of the run -------------------------------------------------------------
+def task_loss(cfg: DictConfig, stream: Any) -> str:
+    """train.loss, with auto resolved by the stream: contrastive on image-text pairs, else CE."""
+    if cfg.train.loss != "auto":
+        return cfg.train.loss
+    return "contrastive" if stream.kind == "pairs" else "ce"
+
+
+def class_templates(cfg: DictConfig, stream: Any) -> Any:
+    """The stream's own templates (per class), captions as they are, or model.templates."""
+    if stream.templates is not None:
+        return stream.templates
+    return ["{}"] if stream.kind == "pairs" else list(cfg.model.templates)
+
+
+def session_lrs(cfg: DictConfig, stream: Any) -> dict[int, float]:
+    """train.session_lr by session name -> by experience index."""
+    index = {s.name: s.index - 1 for s in stream.sessions if s.name}
+    return {index[name]: float(lr) for name, lr in cfg.train.session_lr.items()}
+
+
+def check_fit(cfg: DictConfig, strategy_cls: type, stream: Any) -> None:
+    """One-line errors, before anything is built, for a method, metric or option that does not
+    fit the stream."""
+    kinds = getattr(strategy_cls, "stream_kinds", ("classification", "pairs"))
+    what = {"classification": "classification", "pairs": "image-text"}
+    if stream.kind not in kinds:
+        raise ConfigError(f"strategy '{cfg.strategy.name}' works on {' and '.join(what[k] for k in kinds)} streams, "
+                          f"but stream '{cfg.stream.name}' is an {what[stream.kind]} stream; choose another strategy or stream")
+    metric = cfg.eval.metric
+    if metric == "retrieval" and stream.kind != "pairs":
+        raise ConfigError(f"eval.metric=retrieval needs an image-text stream, but '{cfg.stream.name}' is a "
+                          "classification stream (its test data has labels, not captions); use eval.metric=accuracy or auto")
+    if metric == "accuracy" and stream.kind == "pairs":
+        raise ConfigError(f"eval.metric=accuracy needs a classification stream, but '{cfg.stream.name}' holds image-text "
+                          "pairs; use eval.metric=retrieval or auto")
+    if cfg.train.loss == "ce" and stream.kind == "pairs":
+        raise ConfigError(f"train.loss=ce needs class labels, but '{cfg.stream.name}' holds image-text pairs; "
+                          "use train.loss=contrastive or auto")
+    names = [s.name for s in stream.sessions if s.name]
+    for name in cfg.train.session_lr:
+        if name not in names:
+            raise ConfigError(f"train.session_lr.{name}: no session of that name; the sessions are: "
+                              + (", ".join(names) or "(unnamed)"))
+
+
+def _without_stream_concepts(control: Any, stream: Any, echo: Echo) -> Any:
+    """Control data is never trained on: drop control pairs whose concept the stream trains on
+    (image-text streams drawn from the same sources)."""
+    if control is None or not getattr(stream, "concepts", None) or not control.concepts:
+        return control
+    trained = set(stream.concepts)
+    keep_images = [i for i, c in enumerate(control.concepts) if c not in trained]
+    if len(keep_images) == len(control.keys):
+        return control
+    if not keep_images:
+        raise UserError(f"every control pair shares a concept with stream '{stream.name}'; "
+                        "use other control.sources or stream.sources")
+    from continual.stream import PairSet
+
+    new_index = {old: new for new, old in enumerate(keep_images)}
+    captions = [c for c, img in enumerate(control.caption_image.tolist()) if img in new_index]
+    echo(f"control: left out {len(control.keys) - len(keep_images)} pairs whose concepts the stream trains on")
+    inputs, texts = control.image_inputs, control.text_inputs
+    if inputs is not None:  # None in a plan
+        inputs = inputs[keep_images] if torch.is_tensor(inputs) else torch.utils.data.Subset(inputs, keep_images)
+        texts = texts[captions]
+    return PairSet(control.name, inputs, texts,
+                   torch.tensor([new_index[int(control.caption_image[c])] for c in captions]),
+                   [control.keys[i] for i in keep_images], [control.concepts[i] for i in keep_images])

@@ -21,9 +21,18 @@ TextEncoder = Callable[[list], torch.Tensor]
 @dataclass
 class Session:
     index: int  # 1-based
-    classes: list[int]
+    classes: list[int]  # labels trained in this session (image-text streams: caption ids)
     n_train: int
     n_test: int
+    name: str = ""  # e.g. the dataset (MTIL) or the group (image-text) of the session
+    shots: int = 0  # training examples per class when fixed (few-shot sessions), else 0
+
+    def describe(self, class_names: list[str], limit: int = 12) -> str:
+        title = f"session {self.index}" + (f" ({self.name})" if self.name else "")
+        shots = f", {self.shots} shots each" if self.shots else ""
+        names = ", ".join(class_names[c] for c in self.classes[:limit])
+        names += f", ... (+{len(self.classes) - limit})" if len(self.classes) > limit else ""
+        return f"{title}: {len(self.classes)} classes{shots} [{names}]: {self.n_train} train / {self.n_test} test examples"
 
 
 @dataclass
@@ -36,28 +45,66 @@ class ClassificationStream:
     sessions: list[Session]
     benchmark: Optional[Any] = None
     notes: list[str] = field(default_factory=list)
+    # Prompt templates per class (e.g. each MTIL dataset its own); None = model.templates.
+    templates: Optional[list[list[str]]] = None
+
+    kind = "classification"
 
     def plan(self) -> list[str]:
         lines = [f"stream {self.name}: {len(self.sessions)} sessions, {len(self.class_names)} classes"]
         lines += [f"  {note}" for note in self.notes]
-        for s in self.sessions:
-            names = ", ".join(self.class_names[c] for c in s.classes)
-            lines.append(f"  session {s.index}: {len(s.classes)} classes [{names}]: {s.n_train} train / {s.n_test} test examples")
+        lines += [f"  {s.describe(self.class_names)}" for s in self.sessions]
         return lines
 
 
 @dataclass
-class ControlSet:
-    """Image-caption pairs never trained on; evaluated by retrieval after every session."""
+class PairSet:
+    """Image-caption pairs scored by retrieval: a session's test pairs, or control data never
+    trained on (evaluated after every session)."""
 
     name: str
     image_inputs: Any
     text_inputs: torch.Tensor
     caption_image: torch.Tensor  # caption c describes image caption_image[c]
-    keys: list[str]  # stable ids of the images, to check they were held out of the base
+    keys: list[str]  # stable ids of the images (control: checked to be held out of the base)
+    concepts: list[str] = field(default_factory=list)  # per image, when known (overlap checks)
 
     def plan(self) -> list[str]:
         return [f"control {self.name}: {len(self.keys)} images, {len(self.caption_image)} captions (retrieval R@1/5/10)"]
+
+
+ControlSet = PairSet
+
+
+@dataclass
+class PairStream:
+    """An image-text stream: sessions of (image, caption) pairs.
+
+    Every training pair is its own "class" (caption id = its index in ``class_names``, the
+    training captions), so the Avalanche benchmark's experiences are the sessions and a
+    session's ``classes`` are its caption ids. ``tests[j]`` holds session j's test pairs (several
+    captions per image allowed), scored by retrieval. ``benchmark``/``tests`` are None for a plan.
+    """
+
+    name: str
+    class_names: list[str]
+    sessions: list[Session]
+    benchmark: Optional[Any] = None
+    tests: Optional[list[PairSet]] = None
+    notes: list[str] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)  # of the training pairs (control overlap)
+    templates: Optional[list[list[str]]] = None  # captions are used as they are
+
+    kind = "pairs"
+
+    def plan(self) -> list[str]:
+        n_train = sum(s.n_train for s in self.sessions)
+        lines = [f"stream {self.name}: {len(self.sessions)} sessions of image-text pairs, {n_train} training pairs"]
+        lines += [f"  {note}" for note in self.notes]
+        for s in self.sessions:
+            title = f"session {s.index}" + (f" ({s.name})" if s.name else "")
+            lines.append(f"  {title}: {s.n_train} train pairs / {s.n_test} test pairs")
+        return lines
 
 
 class InputsDataset(Dataset):

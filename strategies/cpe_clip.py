@@ -350,6 +350,7 @@ class CPECLIP(ClipStrategy):
 
     Params: ClassVar[type] = CPECLIPParams
     backbone_trainable: ClassVar[Optional[str]] = "none"
+    stream_kinds: ClassVar[tuple[str, ...]] = ("classification",)  # few-shot class-incremental
 
     def __init__(self, *, classifier: ClipClassifier, params: Optional[CPECLIPParams] = None, **kwargs: Any) -> None:
         params = params if params is not None else CPECLIPParams()

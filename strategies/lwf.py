@@ -119,6 +119,7 @@ class LwF(ClipStrategy):
     """Learning without Forgetting: distil the previous model's logits over the current classes (T = 2)."""
 
     Params = LwFParams
+    stream_kinds = ("classification",)  # distils logits over classes
 
     def method_plugins(self, classifier: torch.nn.Module) -> list[SupervisedPlugin]:
         self.lwf = LwFPlugin(**vars(self.params))

@@ -149,9 +149,10 @@ class ModXPlugin(SupervisedPlugin):
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         classifier: ClipClassifier = strategy.model
         x, y = strategy.mb_x, strategy.mb_y
-        # the classifier's forward does not expose f_I(x): encode again (cheap on cached trunk features)
-        image = classifier.model.encode_image(x)
-        text = classifier.class_embeddings()[y]
+        image = getattr(strategy, "mb_image_features", None)  # ClipStrategy keeps f_I(x) from its forward
+        if image is None:
+            image = classifier.encode_images(x)
+        text = classifier.class_embeddings(y)
         with torch.no_grad():
             s_old = similarity(self.teacher().encode_image(x), self.old_class_features[y])
         s = similarity(image, text)

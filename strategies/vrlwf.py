@@ -221,10 +221,12 @@ class VRLwFPlugin(SupervisedPlugin):
         if p.vocabulary == "class_names":
             classes = earlier_classes(experience)
             if classes:
-                rows = [c * classifier.n_templates + k for c in classes for k in range(classifier.n_templates)]
+                rows = classifier.prompt_rows(classes)
+                owners = [c for c in classes for _ in range(int(classifier.counts[c]))]
                 if len(rows) > p.vocab_size:
-                    rows = [rows[i] for i in torch.randperm(len(rows), generator=generator)[:p.vocab_size].tolist()]
-                self.vocabulary = [classifier.class_names[r // classifier.n_templates] for r in rows]
+                    keep = torch.randperm(len(rows), generator=generator)[:p.vocab_size].tolist()
+                    rows, owners = [rows[i] for i in keep], [owners[i] for i in keep]
+                self.vocabulary = [classifier.class_names[c] for c in owners]
                 return classifier.text_inputs[rows]
             # the first session has no earlier classes: fall back to ZSCL's random tokens
         if self.context is None:
@@ -247,8 +249,9 @@ class VRLwFPlugin(SupervisedPlugin):
         x = strategy.mb_x
         with torch.no_grad():
             teacher_image = self.teacher().encode_image(x)
-        # the classifier's forward does not expose f_I(x): encode again (cheap on cached trunk features)
-        student_image = model.encode_image(x)
+        student_image = getattr(strategy, "mb_image_features", None)  # ClipStrategy keeps f_I(x)
+        if student_image is None:
+            student_image = model.encode_image(x)
         term = vr_loss(teacher_image, student_image, self.vocab_features, self.scale, self.params.temperature)
         self.last_value = float(term.detach())
         weighted = self.params.lam * term

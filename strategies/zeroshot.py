@@ -16,10 +16,11 @@ class ZeroShot:
 
     Params: ClassVar[Optional[type]] = None
     backbone_trainable: ClassVar[Optional[str]] = "none"
+    stream_kinds: ClassVar[tuple[str, ...]] = ("classification", "pairs")
 
     def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None, context: Any = None,
                  plugins: Sequence[Any] = (), device: str = "cpu", eval_batch_size: int = 256,
-                 evaluator: Any = None) -> None:
+                 evaluator: Any = None, **kwargs: Any) -> None:
         self.model = classifier
         self.seen_classes: list[int] = []
         self.examples_seen = 0

@@ -45,7 +45,9 @@ class Pair:
 
     ``concept`` is the unit of held-out splits; ``group`` is a coarse category (emoji: the
     Unicode group, e.g. "Animals & Nature"; tux: the top-level stamps folder, e.g. "animals").
-    ``ref`` says where the image comes from: the emoji's characters, or the stamp's file path.
+    ``ref`` says where the image comes from: the emoji's characters, or the image file's path
+    (stamps, manifests). ``key`` identifies the image: pairs with the same key share it (several
+    captions per image). ``split`` is "train"/"test" where the data fixes it, else "".
     """
 
     source: str
@@ -54,6 +56,7 @@ class Pair:
     concept: str
     group: str
     ref: str
+    split: str = ""
 
     def image(self) -> Image.Image:
         """The pair's image as PIL RGB (rendered or read now, not cached)."""
@@ -61,7 +64,9 @@ class Pair:
             return render_emoji(self.ref)
         if self.source == "tux":
             return load_stamp(self.ref)
-        raise ValueError(f"unknown source {self.source!r}")
+        from streams.files import load_image  # image files named by a manifest
+
+        return load_image(self.ref)
 
 
 def _on_white(image: Image.Image) -> Image.Image:
@@ -265,6 +270,12 @@ def split_by_concept(
     train = [p for p in pairs if (p.source, p.concept) not in heldout]
     test = [p for p in pairs if (p.source, p.concept) in heldout]
     return train, test
+
+
+def concept_key(pair: Pair) -> str:
+    """Identifies a pair's concept across sources ("emoji:turtle"): the unit that must not be on
+    both sides of a train / control split."""
+    return f"{pair.source}:{pair.concept}"
 
 
 class PairDataset(torch.utils.data.Dataset):

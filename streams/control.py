@@ -14,7 +14,7 @@ import torch
 
 from continual.config import ControlConfig
 from continual.stream import ControlSet, ImageEncoder, TextEncoder
-from streams.captions import PairDataset, load_pairs, split_by_concept
+from streams.captions import PairDataset, concept_key, load_pairs, split_by_concept
 
 
 def heldout_captions(cfg: ControlConfig, encode_images: Optional[ImageEncoder] = None,
@@ -31,4 +31,5 @@ def heldout_captions(cfg: ControlConfig, encode_images: Optional[ImageEncoder] =
         key = hashlib.blake2b("\n".join(keys).encode(), digest_size=12).hexdigest()
         images = encode_images(PairDataset(heldout), f"pairs-{len(keys)}-{key}")
         texts = encode_texts(captions)
-    return ControlSet("heldout-captions" if not complement else "training-captions", images, texts, torch.arange(len(captions)), keys)
+    return ControlSet("heldout-captions" if not complement else "training-captions", images, texts,
+                      torch.arange(len(captions)), keys, [concept_key(p) for p in heldout])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from continual.cli import main
 
@@ -120,3 +121,59 @@ def test_metrics_of_a_bad_matrix(capsys, tmp_path):
     words = tmp_path / "words.csv"
     words.write_text("1,2\n3,abc\n")
     assert "non-numeric" in fails(capsys, tmp_path, "metrics", str(words))
+
+
+PAIRS = ["stream.name=caption-pairs", "stream.n_sessions=2"]
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["eval.metric=retrieval"], "eval.metric=retrieval needs an image-text stream"),
+    ([*PAIRS, "eval.metric=accuracy"], "eval.metric=accuracy needs a classification stream"),
+    ([*PAIRS, "strategy.name=cpe-clip"], "strategy 'cpe-clip' works on classification streams"),
+    ([*PAIRS, "strategy.name=lwf"], "strategy 'lwf' works on classification streams"),
+    ([*PAIRS, "train.loss=ce"], "train.loss=ce needs class labels"),
+    ([*PAIRS, "stream.session_by=source", "stream.n_sessions=3"], "set n_sessions=2"),
+    ([*PAIRS, "stream.session_by=slices", "stream.slices=[1]"], "stream.slices must give"),
+    ([*PAIRS, "stream.sources=[emoji,flickr]"], "'flickr' is neither a built-in source"),
+    (["train.session_lr={aircraft: 1e-4}"], "train.session_lr.aircraft: no session of that name"),
+    (["stream.test_fraction=1.0"], "stream.test_fraction must be in (0, 1)"),
+    (["stream.on_corrupt=ignore"], "stream.on_corrupt"),
+    (["train.iterations=-1"], "train.iterations must be >= 0"),
+])
+def test_method_metric_or_option_that_does_not_fit_the_stream(capsys, tmp_path, overrides, needle):
+    assert needle in fails(capsys, tmp_path, "run", "configs/default.yaml", *overrides)
+
+
+def test_manifest_problems(capsys, tmp_path):
+    absent = tmp_path / "data" / "dataset_flickr30k.json"
+    message = fails(capsys, tmp_path, "run", "configs/default.yaml", *PAIRS, "stream.session_by=source",
+                    "stream.n_sessions=1", f"stream.sources=[{absent}]")
+    assert f"manifest not found: {absent}" in message and "karpathy" in message.lower()
+    no_caption = tmp_path / "pairs.csv"
+    no_caption.write_text("image,text\na.png,a cat\n")
+    assert "lacks the column(s) caption" in fails(capsys, tmp_path, "run", "configs/default.yaml", *PAIRS,
+                                                   f"stream.sources=[{no_caption}]")
+
+
+def test_corrupt_image_in_a_manifest(capsys, tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,red square {i},squares")
+    (tmp_path / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("image,caption,group\n" + "\n".join(rows) + "\n")
+    message = fails(capsys, tmp_path, "run", "configs/default.yaml", "stream.name=caption-pairs", "stream.n_sessions=1",
+                    f"stream.sources=[{manifest}]")
+    assert f"cannot read image {tmp_path / '3.png'}" in message and "stream.on_corrupt=skip" in message
+
+    from continual.config import load_config
+    from streams.pairs import caption_pairs_stream
+
+    cfg = load_config(None, ["stream.name=caption-pairs", "stream.n_sessions=1", f"stream.sources=[{manifest}]",
+                             "stream.on_corrupt=skip"]).stream
+    stream = caption_pairs_stream(cfg, 0, lambda ds, key: torch.zeros(len(ds), 2), lambda t: torch.zeros(len(t), 2))
+    assert any("skipped 1 unreadable images" in note for note in stream.notes)
+    assert sum(s.n_train + s.n_test for s in stream.sessions) == 5
