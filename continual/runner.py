@@ -112,7 +112,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
     params = strategy_params(cfg, strategy_cls.Params)
     stream_fn = STREAMS.get(cfg.stream.name, "stream.name")
-    check_fit(cfg, strategy_cls, stream_fn(cfg.stream, cfg.seed))  # data present, split valid, method fits
+    planned = stream_fn(cfg.stream, cfg.seed)
+    check_fit(cfg, strategy_cls, planned)  # split valid, method fits
+    if planned.data_missing:  # a plan from nominal counts: stop before anything is built
+        raise UserError(planned.data_missing)
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
     fingerprint = config_fingerprint(cfg)

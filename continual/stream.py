@@ -47,6 +47,8 @@ class ClassificationStream:
     notes: list[str] = field(default_factory=list)
     # Prompt templates per class (e.g. each MTIL dataset its own); None = model.templates.
     templates: Optional[list[list[str]]] = None
+    # Set when the plan was made without the data (nominal counts): the one line a real run stops with.
+    data_missing: Optional[str] = None
 
     kind = "classification"
 
@@ -94,6 +96,7 @@ class PairStream:
     notes: list[str] = field(default_factory=list)
     concepts: list[str] = field(default_factory=list)  # of the training pairs (control overlap)
     templates: Optional[list[list[str]]] = None  # captions are used as they are
+    data_missing: Optional[str] = None  # as for ClassificationStream
 
     kind = "pairs"
 

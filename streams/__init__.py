@@ -7,6 +7,14 @@ STREAMS.add("fashion-mnist", "streams.classification:fashion_mnist_stream",
             "Fashion-MNIST, class-incremental (10 clothing classes; Debian dataset-fashion-mnist)")
 STREAMS.add("digits", "streams.classification:digits_stream",
             "scikit-learn 8x8 digits, class-incremental (10 classes; small, for tests)")
+STREAMS.add("cifar100", "streams.fscil:cifar100_stream",
+            "CIFAR-100 (100 classes; stream.download), class-incremental or FSCIL (stream.base_classes/ways/shots/split_dir)")
+STREAMS.add("mini-imagenet", "streams.fscil:mini_imagenet_stream",
+            "miniImageNet in the CEC layout (100 classes), class-incremental or FSCIL")
+STREAMS.add("cub200", "streams.fscil:cub200_stream",
+            "CUB-200-2011 birds (200 species), class-incremental or FSCIL")
+STREAMS.add("image-folder", "streams.classification:image_folder_stream",
+            "your own images: a folder per class under stream.root, class-incremental or FSCIL")
 STREAMS.add("caption-pairs", "streams.pairs:caption_pairs_stream",
             "image-text pairs in sessions (emoji / Tux Paint held out of the bases, or CSV/JSONL/Karpathy manifests)")
 CONTROLS.add("heldout-captions", "streams.control:heldout_captions",

@@ -151,3 +151,24 @@ def per_class_subset(ds: LabelledImages, n_per_class: int, seed: int) -> Labelle
             idx = rng.choice(idx, size=n_per_class, replace=False)
         chosen.append(idx)
     return ds.subset(np.sort(np.concatenate(chosen)) if chosen else [])
+
+
+def sample_per_class(ds: Any, limits: dict[int, int], seed: int) -> Any:
+    """A seeded sample of at most ``limits[label]`` items of each class in ``limits`` (0 = all of
+    it); classes not in ``limits`` are left out. Items keep their original order.
+
+    Works on any dataset with ``targets`` and ``subset`` (:class:`LabelledImages`, image files).
+    With the same limit for every class it draws exactly what :func:`per_class_subset` draws.
+    """
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(ds.targets)
+    chosen = []
+    for label in np.unique(targets):  # sorted, so the draws are the same on every run
+        if int(label) not in limits:
+            continue
+        idx = np.flatnonzero(targets == label)
+        limit = limits[int(label)]
+        if 0 < limit < len(idx):
+            idx = rng.choice(idx, size=limit, replace=False)
+        chosen.append(idx)
+    return ds.subset(np.sort(np.concatenate(chosen)).tolist() if chosen else [])

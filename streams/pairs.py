@@ -67,7 +67,9 @@ def caption_pairs_stream(cfg: StreamConfig, seed: int, encode: Optional[ImageEnc
     absent = [Path(s) for s in sources if is_manifest(s) and not Path(s).is_file()]
     if absent:
         if encode is None and all(p.name in NOMINAL for p in absent) and len(absent) == len(sources):
-            return nominal_plan(cfg, sources)
+            stream = nominal_plan(cfg, sources)
+            stream.data_missing = str(missing_manifest(absent[0]))  # the line a real run stops with
+            return stream
         raise missing_manifest(absent[0])
     pairs: list[Pair] = []
     builtin = [s for s in sources if s in BUILTIN]

@@ -71,7 +71,7 @@ def test_checkpoints_hold_the_trained_parameters(finetune_run):
     weights = load_file(folder / "session_002.safetensors")
     assert set(weights) == {"visual.head.proj.weight", "text.proj.weight", "__rng__.torch"}
     state = json.loads((folder / "state.json").read_text())
-    assert state["session"] == 2 and np.allclose(state["accuracy"], result.accuracy)
+    assert state["session"] == 2 and np.allclose(state["matrices"]["accuracy"], result.accuracy)
     assert state["strategy"]["seen_classes"] == list(range(10))
     # only the newest weights are kept; nothing half-written is left
     assert sorted(p.name for p in folder.iterdir()) == ["session_002.safetensors", "state.json"]
