@@ -62,8 +62,10 @@ def plan(cfg: DictConfig) -> list[str]:
     params = strategy_params(cfg, strategy_cls.Params)
     stream = STREAMS.get(cfg.stream.name, "stream.name")(cfg.stream, cfg.seed)
     check_fit(cfg, strategy_cls, stream)
+    templates = ("the stream's own, per class" if stream.templates is not None
+                 else "captions as they are" if stream.kind == "pairs" else list(cfg.model.templates))
     lines = [f"model {cfg.model.name} (pretrained: {cfg.model.pretrained or 'random init'}, trainable: "
-             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {list(cfg.model.templates)}"]
+             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {templates}"]
     lines.append(f"strategy {cfg.strategy.name}: {strategy_cls.__doc__.strip().splitlines()[0]}")
     if params is not None:
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in vars(params).items()))

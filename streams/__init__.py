@@ -17,5 +17,7 @@ STREAMS.add("image-folder", "streams.classification:image_folder_stream",
             "your own images: a folder per class under stream.root, class-incremental or FSCIL")
 STREAMS.add("caption-pairs", "streams.pairs:caption_pairs_stream",
             "image-text pairs in sessions (emoji / Tux Paint held out of the bases, or CSV/JSONL/Karpathy manifests)")
+STREAMS.add("mtil", "streams.mtil:mtil_stream",
+            "multi-domain task-incremental (ZSCL's MTIL): one session per dataset of stream.datasets")
 CONTROLS.add("heldout-captions", "streams.control:heldout_captions",
              "held-out emoji / Tux Paint image-caption pairs, scored by retrieval R@K")
