@@ -154,7 +154,8 @@ class ModXPlugin(SupervisedPlugin):
             image = classifier.encode_images(x)
         text = classifier.class_embeddings(y)
         with torch.no_grad():
-            s_old = similarity(self.teacher().encode_image(x), self.old_class_features[y])
+            # normalised like the student's (the forward's features): equal models give equal S
+            s_old = similarity(F.normalize(self.teacher().encode_image(x), dim=-1), self.old_class_features[y])
         s = similarity(image, text)
         term = alignment_loss(s, s_old, y, self.params.reduction)
         self.last_value = float(term.detach())

@@ -248,7 +248,8 @@ class VRLwFPlugin(SupervisedPlugin):
         model = strategy.model.model
         x = strategy.mb_x
         with torch.no_grad():
-            teacher_image = self.teacher().encode_image(x)
+            # normalised like the student's (the forward's features): equal models give equal logits
+            teacher_image = F.normalize(self.teacher().encode_image(x), dim=-1)
         student_image = getattr(strategy, "mb_image_features", None)  # ClipStrategy keeps f_I(x)
         if student_image is None:
             student_image = model.encode_image(x)

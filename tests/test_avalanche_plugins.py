@@ -126,9 +126,11 @@ def test_modx_as_a_plugin_of_avalanche_naive(digits_stream):
     probe = train(plugin, classifier, digits_stream, weight=20.0)
     assert changed(before, classifier)
     for step in probe.steps:
-        assert step["added"] == pytest.approx(20.0 * step["term"], rel=1e-4, abs=1e-7)
+        assert step["added"] == pytest.approx(20.0 * step["term"], rel=1e-4, abs=1e-6)
     first = [s["term"] for s in probe.steps if s["iteration"] == 0]
-    assert first == [0.0, 0.0]  # student = teacher at each session's start
+    # student = teacher at each session's start: zero, to float rounding (the student encodes
+    # only the batch's captions, the teacher all classes at once: different matmul shapes)
+    assert first == [pytest.approx(0.0, abs=1e-6)] * 2
     assert all(s["term"] > 0 for s in probe.steps if s["iteration"] > 0)
     # the logit scale trains here; Mod-X keeps it in [0, ln 100]
     assert classifier.model.logit_scale.requires_grad and 0 <= classifier.model.logit_scale.item() <= 4.6052
