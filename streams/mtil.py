@@ -36,6 +36,7 @@ from continual.errors import ConfigError
 from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder
 from streams.captions import EMOJI_INSTALL, TUX_INSTALL, Pair, PairDataset, emoji_pairs, split_by_concept, tux_pairs
 from streams.classification import content_key
+from streams.fscil import CIFAR100_CLASSES  # the same names for both protocols
 from streams.datasets import (DEFAULT_DOWNLOAD_ROOT, DIGIT_CLASSES, FASHION_MNIST_CLASSES, DataNotFoundError,
                               LabelledImages, digits, fashion_mnist, per_class_subset)
 
@@ -219,17 +220,6 @@ def _tux_categories(domain: Domain, cfg: StreamConfig, seed: int, download: bool
 # The domain table. Templates: ZSCL's per dataset (a subset where theirs are long, keeping their
 # first, the one they train with); the offline domains' in the same style.
 
-CIFAR100_CLASSES = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
-    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
-    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest",
-    "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn mower", "leopard", "lion", "lizard",
-    "lobster", "man", "maple tree", "motorcycle", "mountain", "mouse", "mushroom", "oak tree", "orange", "orchid",
-    "otter", "palm tree", "pear", "pickup truck", "pine tree", "plain", "plate", "poppy", "porcupine", "possum",
-    "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
-    "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone",
-    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf",
-    "woman", "worm")
 AIRCRAFT_CLASSES = (
     "707-320", "727-200", "737-200", "737-300", "737-400", "737-500", "737-600", "737-700", "737-800", "737-900",
     "747-100", "747-200", "747-300", "747-400", "757-200", "757-300", "767-200", "767-300", "767-400", "777-200",
