@@ -72,9 +72,12 @@ class ClipClassifier(nn.Module):
         """Drop cached class features (call after changing text weights outside training)."""
         self._cache = None
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """f_I(x), normalised: [B, dim]."""
+        return F.normalize(self.model.encode_image(images), dim=-1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(self.model.encode_image(images), dim=-1)
-        return logit_scale(self.model) * image @ self.class_embeddings().t()
+        return logit_scale(self.model) * self.encode_images(images) @ self.class_embeddings().t()
 
 
 def restrict(logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

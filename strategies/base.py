@@ -11,10 +11,17 @@ Methods add behaviour the Avalanche way: as plugins (callbacks that add loss ter
 hyper-parameters are a ``Params`` dataclass validated from the config's ``strategy`` section.
 A fresh optimizer is built for every session over the trainable parameters only, with a cosine
 (or constant) learning-rate schedule and optional linear warm-up, restarting each session.
+
+At scale (``train.precision``, ``accumulation_steps``, ``grad_checkpointing``, ``workers``, and
+data parallelism under torchrun, see :mod:`continual.distributed`): ``train.batch_size`` is the
+batch of one optimizer step over all processes and micro-batches; the model runs in
+DistributedDataParallel; methods gather batch-direction features with
+``continual.distributed.gather``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, ClassVar, Optional, Sequence
@@ -25,9 +32,11 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from continual import distributed
+from continual.backbone import enable_grad_checkpointing
 from continual.context import StrategyContext
 from continual.errors import UserError
-from continual.heads import ClipClassifier, restrict
+from continual.heads import ClipClassifier, logit_scale, restrict
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
@@ -49,15 +58,18 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class LRSchedule(SupervisedPlugin):
-    """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session."""
+    """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session. Steps
+    are optimizer steps (``accumulation_steps`` micro-batches each)."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
 
     def before_training_iteration(self, strategy: "ClipStrategy", **kwargs) -> None:
-        total = len(strategy.dataloader) * strategy.train_epochs
-        factor = lr_factor(strategy.clock.train_exp_iterations, total, self.cfg.warmup_steps, self.cfg.scheduler)
+        k = getattr(self.cfg, "accumulation_steps", 1)
+        per_epoch = math.ceil(len(strategy.dataloader) / k)
+        step = strategy.clock.train_exp_epochs * per_epoch + strategy.clock.train_epoch_iterations // k
+        factor = lr_factor(step, per_epoch * strategy.train_epochs, self.cfg.warmup_steps, self.cfg.scheduler)
         for group in strategy.optimizer.param_groups:
             group["lr"] = group.get("initial_lr", self.cfg.lr) * factor
 
@@ -110,16 +122,23 @@ class ClipStrategy(SupervisedTemplate):
         self.current_classes: list[int] = []
         self.examples_seen = 0  # training examples processed, over all sessions
         self.loss_terms: dict[str, float] = {}  # this iteration's loss terms, by name
+        # f_I(x) (normalised) and W of the current mini-batch, kept by forward() for the methods
+        self.mb_image_features: Optional[torch.Tensor] = None
+        self.mb_class_features: Optional[torch.Tensor] = None
+        if getattr(train, "grad_checkpointing", False):
+            enable_grad_checkpointing(classifier.model)
         super().__init__(
             model=classifier,
             optimizer=self._new_optimizer(classifier),
-            train_mb_size=train.batch_size,
+            train_mb_size=self.micro_batch_size(train.batch_size),
             train_epochs=train.epochs,
             eval_mb_size=eval_batch_size,
             device=device,
             plugins=[LRSchedule(train), *self.method_plugins(classifier), FiniteLossGuard(), *plugins],
             evaluator=evaluator or _silent_evaluator(),
         )
+        # DistributedDataParallel around the classifier under torchrun (None in a plain process)
+        self.ddp = distributed.wrap(classifier.to(self.device), self.device)
 
     # -- hooks for methods -------------------------------------------------------------------
     def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
@@ -165,8 +184,84 @@ class ClipStrategy(SupervisedTemplate):
             setattr(self.clock, key, value)  # Avalanche's x_plot steps continue, not restart
 
     def _after_training_iteration(self, **kwargs) -> None:
-        self.examples_seen += len(self.mb_y)
+        self.examples_seen += len(self.mb_y) * distributed.world_size()
         super()._after_training_iteration(**kwargs)
+
+    # -- scale: data parallelism, accumulation, bf16, workers -------------------------------------
+    def micro_batch_size(self, batch_size: int, what: str = "train.batch_size") -> int:
+        """Examples per process and forward pass when ``batch_size`` make one optimizer step."""
+        return distributed.local_batch_size(batch_size, getattr(self.train_cfg, "accumulation_steps", 1), what)
+
+    def call_model(self, method: str, *args: Any) -> Any:
+        """``self.model.<method>(*args)``; while training under DDP, through DDP's forward, which
+        readies the gradient all-reduce of the step (see ``continual.distributed._MethodCall``)."""
+        if self.ddp is not None and self.model.training and torch.is_grad_enabled():
+            return self.ddp(method, *args)
+        return getattr(self.model, method)(*args)
+
+    def forward(self) -> torch.Tensor:
+        """logits = s * f_I(x) W^T (as ``ClipClassifier.forward``), keeping f_I(x) and W for the
+        methods' loss terms (``mb_image_features``, ``mb_class_features``)."""
+        self.mb_image_features = self.call_model("encode_images", self.mb_x)
+        self.mb_class_features = self.model.class_embeddings()
+        return logit_scale(self.model.model) * self.mb_image_features @ self.mb_class_features.t()
+
+    def make_train_dataloader(self, **kwargs) -> None:
+        """Avalanche's loader in a plain process; under DDP this process's shard
+        (DistributedSampler, seeded with the run's seed). ``train.workers`` loader processes."""
+        workers = getattr(self.train_cfg, "workers", 0)
+        if distributed.is_distributed():
+            self.dataloader = distributed.train_loader(self.adapted_dataset, self.train_mb_size, torch.initial_seed(),
+                                                       workers, self.adapted_dataset.collate_fn)
+        else:
+            super().make_train_dataloader(**{"num_workers": workers, "persistent_workers": workers > 0, **kwargs})
+
+    def _before_training_epoch(self, **kwargs) -> None:
+        epoch = self.experience.current_experience * self.train_epochs + self.clock.train_exp_epochs
+        distributed.set_epoch(self.dataloader, epoch)
+        super()._before_training_epoch(**kwargs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        bf16 = getattr(self.train_cfg, "precision", "fp32") == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def training_epoch(self, **kwargs) -> None:
+        """Avalanche's SGD iteration (``SGDUpdate.training_epoch``: the same callbacks in the same
+        order), plus gradient accumulation over ``train.accumulation_steps`` micro-batches (DDP
+        all-reduces on the last one only) and bf16 autocast of the forward pass and loss terms
+        (not of the backward pass or the update). With one micro-batch per step and fp32 it does
+        exactly what Avalanche's loop does."""
+        k = getattr(self.train_cfg, "accumulation_steps", 1)
+        n = len(self.dataloader)
+        for i, self.mbatch in enumerate(self.dataloader):
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            first = i - i % k
+            self._micro_batches = min(k, n - first)  # the epoch's last step may have fewer
+            last = i == first + self._micro_batches - 1
+            if i == first:
+                self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            with distributed.sync_gradients(self.ddp, last), self._autocast():
+                self._before_forward(**kwargs)
+                self.mb_output = self.forward()
+                self._after_forward(**kwargs)
+                self.loss += self.criterion()
+                self._before_backward(**kwargs)
+            self.backward()
+            self._after_backward(**kwargs)
+            if last:
+                self._before_update(**kwargs)
+                self.optimizer_step()
+                self._after_update(**kwargs)
+            self._after_training_iteration(**kwargs)
+
+    def backward(self) -> None:
+        """Backward of the loss over the step's micro-batches: each adds its share (1/m)."""
+        loss = self.loss / self._micro_batches if getattr(self, "_micro_batches", 1) > 1 else self.loss
+        loss.backward(retain_graph=self.retain_graph)
 
     def label_space(self) -> list[int]:
         """The classes the training loss ranges over (train.label_space)."""

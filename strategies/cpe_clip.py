@@ -372,6 +372,8 @@ class CPECLIP(ClipStrategy):
 
     def _before_training_exp(self, **kwargs) -> None:
         incremental = self.experience.current_experience > 0
-        self.train_mb_size = (self.params.incremental_batch_size if incremental and self.params.incremental_batch_size
-                              else self.train_cfg.batch_size)
+        if incremental and self.params.incremental_batch_size:
+            self.train_mb_size = self.micro_batch_size(self.params.incremental_batch_size, "strategy.incremental_batch_size")
+        else:
+            self.train_mb_size = self.micro_batch_size(self.train_cfg.batch_size)
         super()._before_training_exp(**kwargs)  # builds the dataloader with train_mb_size
