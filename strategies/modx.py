@@ -25,8 +25,9 @@ The task loss is the strategy's cross-entropy; ``contrastive_weight`` adds the s
 InfoNCE of the batch's pairs (Mod-X's own task loss, L_CLIP, on image-text data).
 When the logit scale trains it is clamped to [0, ln 100] after every step.
 
-Under data parallelism the matrices must be global: gather both models' features from all ranks
-(the teacher's without gradient) and the labels, then call these functions.
+Under data parallelism the matrices are global: the plugin gathers both models' image features
+from all ranks (the student's with gradient, the teacher's without) and the labels, then calls
+these functions unchanged (see ``continual.distributed``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
@@ -148,12 +150,20 @@ class ModXPlugin(SupervisedPlugin):
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         classifier: ClipClassifier = strategy.model
-        x, y = strategy.mb_x, strategy.mb_y
-        # the classifier's forward does not expose f_I(x): encode again (cheap on cached trunk features)
-        image = classifier.model.encode_image(x)
-        text = classifier.class_embeddings()[y]
+        x = strategy.mb_x
+        # f_I(x) and W as ClipStrategy's forward kept them; other Avalanche strategies encode again
+        image = getattr(strategy, "mb_image_features", None)
+        image = classifier.encode_images(x) if image is None else image
+        classes = getattr(strategy, "mb_class_features", None)
+        classes = classifier.class_embeddings() if classes is None else classes
         with torch.no_grad():
-            s_old = similarity(self.teacher().encode_image(x), self.old_class_features[y])
+            # normalised like the student's, so that student = teacher gives the same rows bit for bit
+            old_image = distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+        # the global batch: every process's rows (one process: the identity)
+        y = distributed.gather(strategy.mb_y)
+        image = distributed.gather(image, with_grad=True)
+        text = classes[y]
+        s_old = similarity(old_image, self.old_class_features[y])
         s = similarity(image, text)
         term = alignment_loss(s, s_old, y, self.params.reduction)
         self.last_value = float(term.detach())

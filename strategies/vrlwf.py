@@ -21,8 +21,9 @@ and its gradient is zero.
 No author code exists; the defaults follow ZSCL's LwF-VR baseline: K = 1000 sequences of 10
 random token ids wrapped in start/end tokens, T = 2, lambda = 5 (ZSCL's class-incremental configs;
 MTIL uses 1). The vocabulary is redrawn each session from the run's seed and the session index.
-The vocabulary is the same on every rank (same seed), so under data parallelism only the image
-features need gathering (the teacher's without gradient) before calling :func:`vr_loss`.
+The vocabulary is the same on every rank (same seed), so under data parallelism the plugin
+gathers only the image features (the student's with gradient, the teacher's without) before
+calling :func:`vr_loss` (see ``continual.distributed``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual import distributed
 from continual.backbone import HFTextTrunk
 from continual.context import StrategyContext
 from continual.config import check_choice
@@ -243,12 +245,14 @@ class VRLwFPlugin(SupervisedPlugin):
 
     # -- every batch ----------------------------------------------------------------------------
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        model = strategy.model.model
         x = strategy.mb_x
         with torch.no_grad():
-            teacher_image = self.teacher().encode_image(x)
-        # the classifier's forward does not expose f_I(x): encode again (cheap on cached trunk features)
-        student_image = model.encode_image(x)
+            # normalised like the student's, so that student = teacher gives the same logits bit for bit
+            teacher_image = distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+        # f_I(x) as ClipStrategy's forward kept it; other Avalanche strategies encode again
+        student_image = getattr(strategy, "mb_image_features", None)
+        student_image = strategy.model.encode_images(x) if student_image is None else student_image
+        student_image = distributed.gather(student_image, with_grad=True)  # the global batch's rows
         term = vr_loss(teacher_image, student_image, self.vocab_features, self.scale, self.params.temperature)
         self.last_value = float(term.detach())
         weighted = self.params.lam * term
