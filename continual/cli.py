@@ -99,9 +99,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(runner.plan(cfg)))
         print("config valid; nothing trained (--dry-run)")
         return 0
+    from continual import distributed
+
     result = runner.run(cfg, progress=not args.no_progress, resume=args.resume, fresh=args.fresh)
-    print()
-    print(final_report(result, cfg))
+    if distributed.is_main():  # under torchrun: one report, from rank 0
+        print()
+        print(final_report(result, cfg))
+    distributed.finish()
     return 0
 
 

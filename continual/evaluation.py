@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from continual import distributed
 from continual.heads import ClipClassifier, restrict
 from continual.metrics import retrieval_metrics
 from continual.stream import ControlSet
@@ -18,11 +19,12 @@ from continual.stream import ControlSet
 def accuracy(classifier: ClipClassifier, dataset: Any, classes: Optional[Sequence[int]] = None,
              batch_size: int = 256) -> float:
     """Top-1 accuracy (%) of ``classifier`` on ``dataset`` (items ``(input, label, ...)``),
-    classifying among ``classes`` (all of the classifier's classes when None)."""
+    classifying among ``classes`` (all of the classifier's classes when None). Under torchrun
+    every process scores its shard and the counts are summed."""
     was_training = classifier.training
     classifier.eval()
     correct = total = 0
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in DataLoader(distributed.shard(dataset), batch_size=batch_size, shuffle=False):
         x, y = batch[0], torch.as_tensor(batch[1])
         logits = classifier(x)
         if classes is not None:
@@ -30,6 +32,7 @@ def accuracy(classifier: ClipClassifier, dataset: Any, classes: Optional[Sequenc
         correct += int((logits.argmax(dim=1) == y).sum())
         total += len(y)
     classifier.train(was_training)
+    correct, total = distributed.all_reduce_sum(correct, total)
     return 100.0 * correct / max(total, 1)
 
 
@@ -42,11 +45,12 @@ def encode_all(encode: Any, inputs: Any, batch_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def retrieval(model: torch.nn.Module, control: ControlSet, batch_size: int = 256) -> dict[str, float]:
-    """Image-to-text and text-to-image R@1/5/10 and median ranks on the control pairs."""
+    """Image-to-text and text-to-image R@1/5/10 and median ranks on the control pairs (under
+    torchrun every process encodes its shard; the features are gathered in order)."""
     was_training = model.training
     model.eval()
-    images = encode_all(model.encode_image, control.image_inputs, batch_size)
-    texts = encode_all(model.encode_text, control.text_inputs, batch_size)
+    images = distributed.gather_rows(encode_all(model.encode_image, distributed.shard(control.image_inputs), batch_size))
+    texts = distributed.gather_rows(encode_all(model.encode_text, distributed.shard(control.text_inputs), batch_size))
     model.train(was_training)
     sim = (images @ texts.t()).numpy().astype(np.float64)
     return retrieval_metrics(sim, control.caption_image.numpy())
