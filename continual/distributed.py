@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any, Iterator, Optional
 
 import torch
@@ -128,7 +129,11 @@ def gather(tensor: torch.Tensor, with_grad: bool = False) -> torch.Tensor:
     if with_grad:
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(tensor), dim=0)
+        # torch 2.14 marks it deprecated in favour of the private _functional_collectives; it is
+        # what open_clip's gather_with_grad uses, and works on gloo and NCCL
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(tensor), dim=0)
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.detach().contiguous())
     return torch.cat(parts, dim=0)

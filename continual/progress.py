@@ -12,7 +12,7 @@ from tqdm import tqdm
 from continual import distributed
 
 
-class ProgressBar(SupervisedPlugin):
+class ProgressBar(SupervisedPlugin, supports_distributed=True):
     """tqdm bar over a session's iterations, showing the running loss and examples/s."""
 
     def __init__(self, disable: bool = False) -> None:

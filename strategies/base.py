@@ -57,7 +57,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class LRSchedule(SupervisedPlugin):
+class LRSchedule(SupervisedPlugin, supports_distributed=True):
     """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session. Steps
     are optimizer steps (``accumulation_steps`` micro-batches each)."""
 
@@ -78,7 +78,7 @@ class NonFiniteLossError(UserError):
     """Training diverged: a loss term became NaN or infinite."""
 
 
-class FiniteLossGuard(SupervisedPlugin):
+class FiniteLossGuard(SupervisedPlugin, supports_distributed=True):
     """Stops a session at the first non-finite loss, naming the step and the term.
 
     Terms are those recorded in ``strategy.loss_terms`` (the task loss, and each method's

@@ -274,7 +274,7 @@ class PromptedCLIP(nn.Module):
 
 
 # -- training -------------------------------------------------------------------------------------
-class CPEPlugin(SupervisedPlugin):
+class CPEPlugin(SupervisedPlugin, supports_distributed=True):
     """CPE-CLIP's training rules, for any Avalanche strategy whose outputs are logits over class ids
     and whose experiences carry ``classes_in_this_experience`` / ``classes_seen_so_far``:
 
@@ -300,7 +300,7 @@ class CPEPlugin(SupervisedPlugin):
             scale_gradients(self.prompts.parameters(), alpha)
 
 
-class EpochWarmupLR(SupervisedPlugin):
+class EpochWarmupLR(SupervisedPlugin, supports_distributed=True):
     """The authors' learning rate: lr_e = lr * :func:`authors_lr_factor` (e), e = the epoch within
     the session (restarts every session). Overrides the lr set before it each iteration."""
 

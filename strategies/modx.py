@@ -125,7 +125,7 @@ class ModXParams:
                 raise ConfigError(f"strategy.{key} must be >= 0, got {getattr(self, key)}")
 
 
-class ModXPlugin(SupervisedPlugin):
+class ModXPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds alpha * (L_i2t + L_t2i) / 2 on classification batches in ``before_backward``; usable
     in any Avalanche strategy whose model is a :class:`continual.heads.ClipClassifier`.
 

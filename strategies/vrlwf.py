@@ -184,7 +184,7 @@ class VRLwFParams:
             raise ConfigError(f"strategy.lam must be >= 0, got {self.lam}")
 
 
-class VRLwFPlugin(SupervisedPlugin):
+class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds lambda * L_VR in ``before_backward``; usable in any Avalanche strategy whose model is
     a :class:`continual.heads.ClipClassifier` (``strategy.model.model`` is the CLIP model).
 

@@ -113,3 +113,84 @@ def test_silent_logger_logs_nothing_and_knows_the_run():
     logger = distributed.SilentLogger("abc")
     assert logger.run_id == "abc"
     assert logger.log_metrics({"a": 1.0}, step=0) is None and logger.finish("FINISHED") is None
+
+
+# -- end to end: `torchrun -m continual run`, killed and resumed ------------------------------------
+def run_command(out: Path) -> list[str]:
+    return ["-m", "continual", "run", "configs/default.yaml", "--no-progress", f"output_dir={out}",
+            "model.pretrained=null", "stream.name=digits", "stream.n_sessions=2", "stream.train_per_class=60",
+            "stream.test_per_class=20", "control.sources=[tux]", "train.epochs=15", "train.batch_size=16",
+            "tracking.experiment=ddp"]
+
+
+def finished(out: Path):
+    import json
+
+    import numpy as np
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])  # one run only
+    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json")).read_text())
+    return client, run, np.array(summary["accuracy"])
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and every process under it (torchrun starts its workers in sessions of
+    their own: killing its process group would leave them running)."""
+    import signal
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    for pid in reversed(tree):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_torchrun_run_logs_once_and_resumes_after_a_kill(tmp_path):
+    import json
+    import time
+
+    import numpy as np
+
+    whole = torchrun(2, *run_command(tmp_path / "whole"))
+    log, _ = whole.communicate(timeout=300)
+    assert whole.returncode == 0, log[-3000:]
+    assert log.count("Accuracy matrix") == 1  # rank 0 reports, the other stays silent
+    client, run, expected = finished(tmp_path / "whole")
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc/session_1")] == [0, 1, 2]
+    assert len(list((tmp_path / "whole" / "checkpoints").glob("*/state.json"))) == 1
+
+    out = tmp_path / "killed"
+    proc = torchrun(2, *run_command(out))
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill the whole job as soon as session 1 is checkpointed
+        states = list((out / "checkpoints").glob("*/state.json"))
+        if states and json.loads(states[0].read_text())["session"] >= 1:
+            break
+        time.sleep(0.02)
+    kill_tree(proc.pid)  # a crash: the launcher and both workers die at once
+    proc.wait()
+    killed_at = json.loads(next((out / "checkpoints").glob("*/state.json")).read_text())["session"]
+    assert killed_at < 2, "the run finished before it could be killed"
+
+    again = torchrun(2, *run_command(out))
+    log, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, log[-3000:]
+    assert f"resuming after session {killed_at} of 2" in log
+    client, run, resumed = finished(out)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "acc/session_1")) == [0, 1, 2]
+    np.testing.assert_array_equal(resumed, expected)  # the data order depends on seed, session and epoch only
