@@ -138,6 +138,7 @@ class ModXPlugin(SupervisedPlugin, supports_distributed=True):
         self.params = params or ModXParams()
         self.teacher = Teacher(self.params.teacher, model)
         self.old_class_features: Optional[torch.Tensor] = None
+        self.old_image: Optional[torch.Tensor] = None  # f_I^old of the global batch, from before_forward
         self.last_value: Optional[float] = None
         self.last_kept: tuple[int, int] = (0, 0)
 
@@ -148,6 +149,16 @@ class ModXPlugin(SupervisedPlugin, supports_distributed=True):
         with torch.no_grad():  # f_T^old of every class caption, once per session
             self.old_class_features = old.eval().class_embeddings()
 
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """f_I^old(x) of every process's rows, normalised like the student's (so that student =
+        teacher gives the same rows bit for bit)."""
+        return distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        # before the student's activations exist: at the step's peak a teacher costs its weights only
+        self.old_image = self.teacher_features(strategy.mb_x)
+
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         classifier: ClipClassifier = strategy.model
         x = strategy.mb_x
@@ -156,9 +167,8 @@ class ModXPlugin(SupervisedPlugin, supports_distributed=True):
         image = classifier.encode_images(x) if image is None else image
         classes = getattr(strategy, "mb_class_features", None)
         classes = classifier.class_embeddings() if classes is None else classes
-        with torch.no_grad():
-            # normalised like the student's, so that student = teacher gives the same rows bit for bit
-            old_image = distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+        old_image = self.old_image if self.old_image is not None else self.teacher_features(x)
+        self.old_image = None
         # the global batch: every process's rows (one process: the identity)
         y = distributed.gather(strategy.mb_y)
         image = distributed.gather(image, with_grad=True)

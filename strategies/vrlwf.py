@@ -204,6 +204,7 @@ class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
         self.vocabulary: Any = None
         self.vocab_features: Optional[torch.Tensor] = None
         self.scale: Optional[torch.Tensor] = None
+        self.teacher_image: Optional[torch.Tensor] = None  # f_I^old of the global batch, from before_forward
         self.last_value: Optional[float] = None
 
     # -- once per session ---------------------------------------------------------------------
@@ -244,11 +245,20 @@ class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
         return self.context.tokens_to_inputs(tokens)
 
     # -- every batch ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """f_I^old(x) of every process's rows, normalised like the student's (so that student =
+        teacher gives the same logits bit for bit)."""
+        return distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        # before the student's activations exist: at the step's peak a teacher costs its weights only
+        self.teacher_image = self.teacher_features(strategy.mb_x)
+
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         x = strategy.mb_x
-        with torch.no_grad():
-            # normalised like the student's, so that student = teacher gives the same logits bit for bit
-            teacher_image = distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+        teacher_image = self.teacher_image if self.teacher_image is not None else self.teacher_features(x)
+        self.teacher_image = None
         # f_I(x) as ClipStrategy's forward kept it; other Avalanche strategies encode again
         student_image = getattr(strategy, "mb_image_features", None)
         student_image = strategy.model.encode_images(x) if student_image is None else student_image
