@@ -35,11 +35,19 @@ CASES = {
     "vrlwf": ("vrlwf", {"lam": 1000.0, "vocab_size": 64, "seed": 0}, {}),
 }
 REFERENCE = ("finetune", "modx", "vrlwf")  # in one process
+# the other scale options, in one process (tests/test_scale_options.py)
+OPTIONS = {
+    "finetune-checkpointing": ("finetune", {}, {"grad_checkpointing": True}),
+    "finetune-bf16": ("finetune", {}, {"precision": "bf16"}),
+    "finetune-workers": ("finetune", {}, {"workers": 1}),
+}
+CASES.update(OPTIONS)
 DISTRIBUTED = ("finetune-accumulate", "modx", "vrlwf")  # under torchrun
 
 
-def run_case(name: str) -> dict:
-    """Loss terms of both steps (the task term averaged over processes) and the parameters after."""
+def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
+    """Loss terms of both steps (the task term averaged over processes) and the parameters after;
+    float64 by default: what differs beyond rounding is a bug."""
     import open_clip
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.core import SupervisedPlugin
@@ -55,7 +63,7 @@ def run_case(name: str) -> dict:
     from continual.stream import InputsDataset
 
     strategy_name, params, overrides = CASES[name]
-    torch.set_default_dtype(torch.float64)  # float64: what differs beyond rounding is a bug
+    torch.set_default_dtype(dtype)
     torch.manual_seed(0)
     open_clip.factory._MODEL_CONFIGS[MODEL] = MODEL_CONFIG
     model, _, tokenizer = create_model(MODEL)
