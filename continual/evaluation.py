@@ -24,8 +24,9 @@ def accuracy(classifier: ClipClassifier, dataset: Any, classes: Optional[Sequenc
     was_training = classifier.training
     classifier.eval()
     correct = total = 0
+    device = classifier.text_inputs.device  # where the model is (a GPU under torchrun)
     for batch in DataLoader(distributed.shard(dataset), batch_size=batch_size, shuffle=False):
-        x, y = batch[0], torch.as_tensor(batch[1])
+        x, y = batch[0].to(device), torch.as_tensor(batch[1]).to(device)
         logits = classifier(x)
         if classes is not None:
             logits, y = restrict(logits, y, classes)
@@ -37,10 +38,10 @@ def accuracy(classifier: ClipClassifier, dataset: Any, classes: Optional[Sequenc
 
 
 @torch.no_grad()
-def encode_all(encode: Any, inputs: Any, batch_size: int) -> torch.Tensor:
-    """L2-normalised features of ``inputs`` (a tensor or a dataset of tensors), in batches."""
+def encode_all(encode: Any, inputs: Any, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """L2-normalised features of ``inputs`` (a tensor or a dataset of tensors), in batches on ``device``."""
     loader = inputs.split(batch_size) if torch.is_tensor(inputs) else DataLoader(inputs, batch_size=batch_size)
-    return torch.cat([F.normalize(encode(x), dim=-1) for x in loader])
+    return torch.cat([F.normalize(encode(x.to(device)), dim=-1) for x in loader])
 
 
 @torch.no_grad()
@@ -49,8 +50,9 @@ def retrieval(model: torch.nn.Module, control: ControlSet, batch_size: int = 256
     torchrun every process encodes its shard; the features are gathered in order)."""
     was_training = model.training
     model.eval()
-    images = distributed.gather_rows(encode_all(model.encode_image, distributed.shard(control.image_inputs), batch_size))
-    texts = distributed.gather_rows(encode_all(model.encode_text, distributed.shard(control.text_inputs), batch_size))
+    device = next(model.parameters()).device
+    images = distributed.gather_rows(encode_all(model.encode_image, distributed.shard(control.image_inputs), batch_size, device))
+    texts = distributed.gather_rows(encode_all(model.encode_text, distributed.shard(control.text_inputs), batch_size, device))
     model.train(was_training)
-    sim = (images @ texts.t()).numpy().astype(np.float64)
+    sim = (images @ texts.t()).cpu().numpy().astype(np.float64)
     return retrieval_metrics(sim, control.caption_image.numpy())
