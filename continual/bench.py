@@ -19,7 +19,7 @@ training, random images of the model's size, ``classes`` class prompts) it measu
 
 and, with the real runner (``continual run``'s code, MLflow included) on the default experiment's
 model, the cost of a run against its number of sessions (the same total data) and evaluation's
-share of a session.
+share of a session. With ``profile``, where the fine-tuning step's time goes (PyTorch profiler).
 
 Step times run from the end of one training iteration to the end of the next (data loading
 included); the first ``warmup`` steps of each session are dropped, variants alternate within each
@@ -83,6 +83,7 @@ class ModelResult:
     step_flops: float = 0.0
     matmul_flops_per_s: float = 0.0
     setup_seconds: dict[str, float] = field(default_factory=dict)  # variant -> session start (teacher, vocabulary)
+    profile: dict[str, float] = field(default_factory=dict)  # category -> share of the fine-tuning step's time
 
     def median(self, variant: str) -> float:
         return statistics.median(self.step_seconds[variant])
@@ -294,8 +295,38 @@ def model_bytes(model: nn.Module) -> float:
     return float(sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers())))
 
 
+# -- where the time goes -----------------------------------------------------------------------------
+def profile_breakdown(variant: str, work: Workload, plan: Plan) -> dict[str, float]:
+    """Shares of ``variant``'s session time (PyTorch profiler, CPU time) by kind of work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if work.device.type == "cuda" else [])
+    strategy = make_strategy(variant, work, plan, [])
+    with profile(activities=activities) as prof:
+        strategy.train(work.experience())
+    events = prof.key_averages()
+    cuda = work.device.type == "cuda"
+
+    def self_time(e: Any) -> float:
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    def total_time(e: Any) -> float:
+        return e.device_time_total if cuda else e.cpu_time_total
+
+    total = sum(self_time(e) for e in events)
+    kinds = {
+        "matrix products": sum(self_time(e) for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm",
+                                                                          "aten::baddbmm")),
+        "attention kernels": sum(self_time(e) for e in events if "scaled_dot_product" in e.key),
+        "optimizer update (AdamW)": sum(total_time(e) for e in events if e.key.startswith("Optimizer.step#")),
+        "data loading": sum(total_time(e) for e in events if e.key.startswith("enumerate(DataLoader)")),
+    }
+    kinds["the rest (element-wise, norms, activations, autograd, Python)"] = total - sum(kinds.values())
+    return {k: v / total for k, v in kinds.items()}
+
+
 # -- one model -------------------------------------------------------------------------------------
-def bench_model(plan: Plan, device: torch.device, precision: str, echo: Echo) -> ModelResult:
+def bench_model(plan: Plan, device: torch.device, precision: str, echo: Echo, profile: bool = False) -> ModelResult:
     work = build_workload(plan, device, precision)
     result = ModelResult(plan, frozen_copy_bytes=model_bytes(work.model))
     variants = ("bare",) + STRATEGY_VARIANTS
@@ -313,6 +344,9 @@ def bench_model(plan: Plan, device: torch.device, precision: str, echo: Echo) ->
         result.peak_bytes[variant], result.cached_bytes[variant] = peak_session_bytes(variant, work, plan)
     result.step_flops = count_step_flops(work, plan)
     result.matmul_flops_per_s = matmul_flops_per_s(device, precision)
+    if profile:
+        echo(f"  {plan.model}: profiling fine-tuning ...")
+        result.profile = profile_breakdown("finetune", work, plan)
     return result
 
 
@@ -389,6 +423,9 @@ def report(results: list[ModelResult], costs: list[RunCost], device: str, precis
                      f"{achieved / 1e9:,.1f} GFLOP/s = {achieved / res.matmul_flops_per_s:.2f} of one large "
                      f"matrix product's {res.matmul_flops_per_s / 1e9:,.1f} GFLOP/s (bare loop: "
                      f"{res.step_flops / res.median('bare') / res.matmul_flops_per_s:.2f})")
+        if res.profile:
+            lines.append("  where fine-tuning's session time goes: " + ", ".join(
+                f"{kind} {share:.0%}" for kind, share in res.profile.items()))
     if costs:
         first = costs[0]
         lines += ["", "continual run (finetune, the default experiment: LiT base, cached features, 20 epochs "
@@ -403,7 +440,7 @@ def report(results: list[ModelResult], costs: list[RunCost], device: str, precis
 
 
 def bench(models: list[str], device: str = "cpu", precision: str = "fp32", sessions: Optional[list[int]] = None,
-          threads: int = 1, echo: Echo = print, **plan_overrides: Any) -> str:
+          threads: int = 1, profile: bool = False, echo: Echo = print, **plan_overrides: Any) -> str:
     """Measure every model of ``models`` and the session scaling; return the report. ``threads``:
     torch's intra-op threads on the CPU (0 = torch's default)."""
     import warnings
@@ -417,7 +454,7 @@ def bench(models: list[str], device: str = "cpu", precision: str = "fp32", sessi
         results = []
         for name in models:
             echo(f"benchmarking {name} on {device} ...")
-            results.append(bench_model(plan_for(name, **plan_overrides), dev, precision, echo))
+            results.append(bench_model(plan_for(name, **plan_overrides), dev, precision, echo, profile))
         costs = run_costs(sessions, echo) if sessions else []
         return report(results, costs, device, precision)
     finally:

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--batch-size", type=int, help="per step (default: 32 for tiny-vit, 8 otherwise)")
     ben.add_argument("--steps", type=int, help="timed steps per session (default: 8 for tiny-vit, 3 otherwise)")
     ben.add_argument("--rounds", type=int, help="sessions per variant, interleaved (default: 2 for tiny-vit, 1 otherwise)")
+    ben.add_argument("--profile", action="store_true", help="also show where fine-tuning's step time goes")
     ben.add_argument("--sessions", default="2,5,10", help="session counts of the run-cost comparison, comma-separated "
                      "('' to skip; default 2,5,10)")
     ben.set_defaults(handler=cmd_bench)
@@ -203,6 +204,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     text = bench(models, device=args.device, precision=args.precision, sessions=numbers(args.sessions), threads=args.threads,
+                 profile=args.profile,
                  echo=lambda line: print(line, file=sys.stderr, flush=True),
                  batch_size=args.batch_size, steps=args.steps, rounds=args.rounds)
     print(text)

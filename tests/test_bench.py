@@ -8,13 +8,14 @@ from continual.bench import RunCost, bench, report, run_costs
 
 
 def test_bench_prints_every_ratio_for_a_model():
-    text = bench(["tiny-vit"], batch_size=4, steps=1, warmup=1, rounds=1, echo=lambda _: None)
+    text = bench(["tiny-vit"], batch_size=4, steps=1, warmup=1, rounds=1, profile=True, echo=lambda _: None)
     assert "torch threads 1" in text
     assert re.search(r"our step vs bare open_clip loop: throughput \d+\.\d+ of the bare loop's", text)
     for variant in ("vrlwf", "modx", "cpe-clip"):
         assert re.search(rf"{variant}\s+step / fine-tuning step: \d+\.\d+x  \[goal <= ", text), variant
     assert len(re.findall(r"the teacher [\d.,]+ MiB = \d\.\d+ frozen copies", text)) == 2
     assert re.search(r"= \d\.\d+ of one large matrix product's", text)
+    assert re.search(r"where fine-tuning's session time goes: matrix products \d+%", text)
 
 
 def test_run_cost_against_sessions(tmp_path):
