@@ -273,3 +273,20 @@ def load_weights(model: nn.Module, path: Path) -> dict:
         raise UserError(f"checkpoint {path} does not fit this model ({len(unknown)} unknown keys, {len(wrong)} shape mismatches, e.g. {(unknown + wrong)[0]}); check model.name")
     model.load_state_dict(state, strict=False)
     return meta
+
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Recompute the towers' activations in the backward pass (open_clip's
+    ``set_grad_checkpointing`` on its ViT, text transformer, timm and Hugging Face towers)."""
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise UserError(f"train.grad_checkpointing: {type(model).__name__} does not support gradient checkpointing "
+                        "(open_clip models do); set it to false")
+    if isinstance(getattr(model, "transformer", None), nn.Module):  # CLIP's built-in text tower
+        model.transformer.grad_checkpointing = True
+    for tower in (getattr(model, "visual", None), getattr(model, "text", None)):
+        if hasattr(tower, "set_grad_checkpointing"):
+            try:
+                tower.set_grad_checkpointing(True)
+            except AttributeError:  # its frozen trunk was split off (cached features): nothing to recompute
+                pass

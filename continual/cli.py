@@ -84,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--weights", help="comma-separated test-set sizes per session (for average incremental accuracy)")
     met.set_defaults(handler=cmd_metrics)
 
+    ben = sub.add_parser("bench", help="throughput, memory and scaling, as ratios to a bare open_clip loop and to fine-tuning",
+                         description="Measures, in one process: our training step against a bare open_clip loop, each "
+                                     "method's step and peak memory against fine-tuning, the step's FLOP/s against one "
+                                     "large matrix product, and a run's cost against its number of sessions.")
+    ben.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    ben.add_argument("--models", default="tiny-vit,ViT-B-32", help="open_clip model names, comma-separated "
+                     "(random init; default tiny-vit,ViT-B-32)")
+    ben.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ben.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1: stable ratios on a "
+                     "shared machine; 0 = all cores)")
+    ben.add_argument("--batch-size", type=int, help="per step (default: 32 for tiny-vit, 8 otherwise)")
+    ben.add_argument("--steps", type=int, help="timed steps per session (default: 8 for tiny-vit, 3 otherwise)")
+    ben.add_argument("--rounds", type=int, help="sessions per variant, interleaved (default: 2 for tiny-vit, 1 otherwise)")
+    ben.add_argument("--profile", action="store_true", help="also show where fine-tuning's step time goes")
+    ben.add_argument("--sessions", default="2,5,10", help="session counts of the run-cost comparison, comma-separated "
+                     "('' to skip; default 2,5,10)")
+    ben.set_defaults(handler=cmd_bench)
+
     lst = sub.add_parser("list", help="the registered strategies, streams and control sets")
     lst.set_defaults(handler=cmd_list)
     return parser
@@ -99,9 +117,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(runner.plan(cfg)))
         print("config valid; nothing trained (--dry-run)")
         return 0
+    from continual import distributed
+
     result = runner.run(cfg, progress=not args.no_progress, resume=args.resume, fresh=args.fresh)
-    print()
-    print(final_report(result, cfg))
+    if distributed.is_main():  # under torchrun: one report, from rank 0
+        print()
+        print(final_report(result, cfg))
+    distributed.finish()
     return 0
 
 
@@ -171,6 +193,24 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         print(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in summary.items()}, indent=2))
     else:
         print(M.format_summary(summary))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from continual.bench import bench
+
+    def numbers(text: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--sessions: expected comma-separated integers, got '{text}'") from None
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    text = bench(models, device=args.device, precision=args.precision, sessions=numbers(args.sessions), threads=args.threads,
+                 profile=args.profile,
+                 echo=lambda line: print(line, file=sys.stderr, flush=True),
+                 batch_size=args.batch_size, steps=args.steps, rounds=args.rounds)
+    print(text)
     return 0
 
 

@@ -31,6 +31,7 @@ LOSSES = ("auto", "ce", "contrastive")
 EVAL_METRICS = ("auto", "accuracy", "retrieval")
 SESSION_BY = ("group", "source", "slices")
 ON_CORRUPT = ("error", "skip")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -117,6 +118,19 @@ class TrainConfig:
     # Task loss: auto (cross-entropy on classification streams, CLIP's contrastive loss on
     # image-text streams) | ce | contrastive (symmetric InfoNCE over the batch's pairs).
     loss: str = "auto"
+    # -- scale (see continual/distributed.py). batch_size is the batch of one optimizer step over
+    # all processes and micro-batches: each process takes batch_size / (processes x
+    # accumulation_steps) examples per forward pass.
+    # Forward pass and loss terms in fp32 | bf16 (autocast; weights, gradients, optimizer stay fp32).
+    precision: str = "fp32"
+    # Micro-batches per optimizer step. Per-example losses are exact; the batch-direction terms
+    # (contrastive, Mod-X, VR-LwF's vocabulary-to-image) see one micro-batch of every process.
+    accumulation_steps: int = 1
+    # Recompute the towers' activations in the backward pass (open_clip's set_grad_checkpointing):
+    # less activation memory for about one more forward pass of compute.
+    grad_checkpointing: bool = False
+    # DataLoader worker processes for the training data (0 = load in the training process).
+    workers: int = 0
 
 
 @dataclass
@@ -183,9 +197,13 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
 def validate(cfg: DictConfig) -> None:
     """Range and name checks the schema's types cannot express."""
     _positive(cfg, "stream.n_sessions", "train.batch_size", "eval.batch_size")
-    _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps", "train.iterations",
+    _positive(cfg, "train.accumulation_steps")
+    _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps", "train.iterations", "train.workers",
                   "stream.train_per_class", "stream.test_per_class", "stream.base_classes", "stream.ways",
                   "stream.shots", "threads")
+    if cfg.train.batch_size % cfg.train.accumulation_steps:
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.accumulation_steps "
+                          f"({cfg.train.accumulation_steps})")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
     if not 0 <= cfg.train.label_smoothing < 1:
@@ -196,6 +214,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.optimizer", OPTIMIZERS)
     _choice(cfg, "train.scheduler", SCHEDULERS)
     _choice(cfg, "train.label_space", LABEL_SPACES)
+    _choice(cfg, "train.precision", PRECISIONS)
     _choice(cfg, "eval.label_space", EVAL_LABEL_SPACES)
     _choice(cfg, "eval.metric", EVAL_METRICS)
     _choice(cfg, "train.loss", LOSSES)

@@ -9,8 +9,10 @@ from typing import Any, Optional
 from avalanche.core import SupervisedPlugin
 from tqdm import tqdm
 
+from continual import distributed
 
-class ProgressBar(SupervisedPlugin):
+
+class ProgressBar(SupervisedPlugin, supports_distributed=True):
     """tqdm bar over a session's iterations, showing the running loss and examples/s."""
 
     def __init__(self, disable: bool = False) -> None:
@@ -29,7 +31,7 @@ class ProgressBar(SupervisedPlugin):
         self.examples, self.started, self.loss = 0, time.perf_counter(), 0.0
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        self.examples += len(strategy.mb_y)
+        self.examples += len(strategy.mb_y) * distributed.world_size()  # all processes' examples
         # exponential moving average: a readable loss on a noisy per-batch signal
         loss = strategy.loss.item()
         self.loss = loss if self.bar.n == 0 else 0.9 * self.loss + 0.1 * loss

@@ -7,6 +7,9 @@ text-to-image R@1 (one matrix per direction) on image-text streams. After each r
 evaluates the control data (never trained on), computes every summary metric of the rows so
 far, checkpoints the trained parameters and the runner's state, and logs all of it to MLflow
 with step = i.
+
+Under torchrun (see :mod:`continual.distributed`) every process runs this same function on its
+shard of the data; only rank 0 prints, logs to MLflow and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint
+from continual import checkpoint, distributed
 from continual import metrics as M
 from continual.config import strategy_params, to_dict, to_yaml
 from continual.context import StrategyContext
@@ -107,6 +110,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.pretrain import resolve_base
     from continual.tracking import MLflowLogger, check_tracking_uri, default_artifact_root
 
+    # Under torchrun: join the process group; only rank 0 speaks.
+    device = distributed.init(cfg.device)
+    if not distributed.is_main():
+        echo, progress = (lambda _: None), False
     # Everything that can be wrong with the input fails here, before any model is built.
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -118,11 +125,13 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     check_fit(cfg, strategy_cls, planned)  # split valid, method fits
     if planned.data_missing:  # a plan from nominal counts: stop before anything is built
         raise UserError(planned.data_missing)
+    distributed.local_batch_size(cfg.train.batch_size, cfg.train.accumulation_steps)  # divides over processes
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
     fingerprint = config_fingerprint(cfg)
-    run_id = resumable_run(cfg, uri, fingerprint, resume, fresh)
+    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh) if distributed.is_main() else None)
 
+    distributed.local_first_begin()  # one process per machine builds the base and caches features first
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
     backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
                              resolve_base=lambda name: resolve_base(name, echo))
@@ -138,6 +147,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     control = CONTROLS.get(cfg.control.name)(cfg.control, encode_images, encode_texts) if cfg.control.name else None
     control = _without_stream_concepts(control, stream, echo)
     _check_control_unseen(control, backbone.base_meta)
+    distributed.local_first_end()
     echo(f"data ready in {time.perf_counter() - t0:.0f} s: " + "; ".join(stream.plan()[:1] + (control.plan() if control else [])))
 
     templates = per_class(class_templates(cfg, stream), len(stream.class_names))
@@ -155,7 +165,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
               "config_fingerprint": fingerprint},
         params=to_dict(cfg),
         artifact_location=None if cfg.tracking.uri else default_artifact_root(cfg.output_dir),
-    )
+    ) if distributed.is_main() else distributed.SilentLogger(None)
+    logger.run_id = distributed.broadcast_object(logger.run_id)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / logger.run_id
     try:
         plugins = []
@@ -166,9 +177,9 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
         context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
                                   reference=reference_pairs(cfg, encode_images, encode_texts))
         strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
-                                plugins=plugins, device=cfg.device, eval_batch_size=cfg.eval.batch_size,
-                                evaluator=training_curves(logger), task_loss=task_loss(cfg, stream),
-                                session_lr=session_lrs(cfg, stream))
+                                plugins=plugins, device=str(device), eval_batch_size=cfg.eval.batch_size,
+                                evaluator=training_curves(logger) if distributed.is_main() else None,
+                                task_loss=task_loss(cfg, stream), session_lr=session_lrs(cfg, stream))
         matrix_labels = [s.name or f"session {s.index}" for s in stream.sessions]
 
         def log_row(i: int, record: dict) -> dict:
@@ -182,7 +193,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             return metrics
 
         first = 0
-        state = checkpoint.load(ckpt_dir) if run_id else None
+        state = distributed.broadcast_object(checkpoint.load(ckpt_dir) if run_id and distributed.is_main() else None)
         if run_id and state is None:
             raise UserError(f"run {run_id} has no checkpoint in {ckpt_dir}; run without --resume to start afresh")
         if state is not None:
@@ -192,7 +203,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             control_rows[:], sessions[:] = state["control"], state["sessions"]
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
-            if k not in _logged_steps(uri, logger.run_id):  # the crash came between checkpoint and log
+            if distributed.is_main() and k not in _logged_steps(uri, logger.run_id):  # crash between checkpoint and log
                 log_row(k, sessions[k])
             first = k + 1
             echo(f"MLflow run {logger.run_id} in {uri}: resuming after session {k} of {T}")
@@ -220,10 +231,11 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
             sessions.append(record)
-            checkpoint.save(ckpt_dir, i, classifier.model, {
-                "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
-                "control": control_rows, "sessions": sessions,
-                "strategy": strategy.resume_state(), "run_id": logger.run_id})
+            if distributed.is_main():
+                checkpoint.save(ckpt_dir, i, classifier.model, {
+                    "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
+                    "control": control_rows, "sessions": sessions,
+                    "strategy": strategy.resume_state(), "run_id": logger.run_id})
             echo(describe_row(i, log_row(i, record)))
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}

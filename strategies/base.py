@@ -18,10 +18,17 @@ A fresh optimizer is built for every session over the trainable parameters only 
 session's own learning rate where one is given), with a cosine (or constant) learning-rate
 schedule and optional linear warm-up, restarting each session; a session lasts train.epochs
 passes or exactly train.iterations iterations.
+
+At scale (``train.precision``, ``accumulation_steps``, ``grad_checkpointing``, ``workers``, and
+data parallelism under torchrun, see :mod:`continual.distributed`): ``train.batch_size`` is the
+batch of one optimizer step over all processes and micro-batches; the model runs in
+DistributedDataParallel; methods gather batch-direction features with
+``continual.distributed.gather``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, ClassVar, Optional, Sequence
@@ -32,9 +39,11 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from continual import distributed
+from continual.backbone import enable_grad_checkpointing
 from continual.context import StrategyContext
 from continual.errors import UserError
-from continual.heads import ClipClassifier, restrict
+from continual.heads import ClipClassifier, logit_scale, restrict
 
 
 TASK_LOSSES = ("ce", "contrastive")
@@ -67,16 +76,23 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class LRSchedule(SupervisedPlugin):
-    """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session."""
+class LRSchedule(SupervisedPlugin, supports_distributed=True):
+    """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session. Steps
+    are optimizer steps (``accumulation_steps`` micro-batches each)."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
 
     def before_training_iteration(self, strategy: "ClipStrategy", **kwargs) -> None:
-        total = strategy.session_iterations()
-        factor = lr_factor(strategy.clock.train_exp_iterations, total, self.cfg.warmup_steps, self.cfg.scheduler)
+        k = getattr(self.cfg, "accumulation_steps", 1)  # steps are optimizer steps
+        if self.cfg.iterations:
+            step, total = strategy.clock.train_exp_iterations // k, math.ceil(self.cfg.iterations / k)
+        else:
+            per_epoch = math.ceil(len(strategy.dataloader) / k)
+            step = strategy.clock.train_exp_epochs * per_epoch + strategy.clock.train_epoch_iterations // k
+            total = per_epoch * strategy.train_epochs
+        factor = lr_factor(step, total, self.cfg.warmup_steps, self.cfg.scheduler)
         for group in strategy.optimizer.param_groups:
             group["lr"] = group.get("initial_lr", self.cfg.lr) * factor
 
@@ -85,7 +101,7 @@ class NonFiniteLossError(UserError):
     """Training diverged: a loss term became NaN or infinite."""
 
 
-class FiniteLossGuard(SupervisedPlugin):
+class FiniteLossGuard(SupervisedPlugin, supports_distributed=True):
     """Stops a session at the first non-finite loss, naming the step and the term.
 
     Terms are those recorded in ``strategy.loss_terms`` (the task loss, and each method's
@@ -129,7 +145,6 @@ class ClipStrategy(SupervisedTemplate):
             raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got '{task_loss}'")
         self.task_loss = task_loss
         self.session_lr = dict(session_lr or {})  # experience index -> its learning rate
-        self.mb_image_features: Optional[torch.Tensor] = None
         self.train_cfg = train
         self.params = params if params is not None or self.Params is None else self.Params()
         self.context = context
@@ -137,16 +152,24 @@ class ClipStrategy(SupervisedTemplate):
         self.current_classes: list[int] = []
         self.examples_seen = 0  # training examples processed, over all sessions
         self.loss_terms: dict[str, float] = {}  # this iteration's loss terms, by name
+        # f_I(x) (normalised) and W of the current mini-batch, kept by forward() for the methods
+        self.mb_image_features: Optional[torch.Tensor] = None
+        self.mb_class_features: Optional[torch.Tensor] = None
+        self.mb_text_features: Optional[torch.Tensor] = None  # f_T of each row's caption (pairs)
+        if getattr(train, "grad_checkpointing", False):
+            enable_grad_checkpointing(classifier.model)
         super().__init__(
             model=classifier,
             optimizer=self._new_optimizer(classifier),
-            train_mb_size=train.batch_size,
+            train_mb_size=self.micro_batch_size(train.batch_size),
             train_epochs=train.epochs,
             eval_mb_size=eval_batch_size,
             device=device,
             plugins=[LRSchedule(train), *self.method_plugins(classifier), FiniteLossGuard(), *plugins],
             evaluator=evaluator or _silent_evaluator(),
         )
+        # DistributedDataParallel around the classifier under torchrun (None in a plain process)
+        self.ddp = distributed.wrap(classifier.to(self.device), self.device)
 
     # -- hooks for methods -------------------------------------------------------------------
     def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
@@ -171,21 +194,6 @@ class ClipStrategy(SupervisedTemplate):
         """A fresh optimizer (no state carried across sessions) over the trainable parameters."""
         self.optimizer = self._new_optimizer(self.model, self.session_lr.get(self.experience.current_experience))
 
-    def make_train_dataloader(self, **kwargs) -> None:
-        super().make_train_dataloader(**kwargs)
-        if self.train_cfg.iterations:  # enough passes for the budget; IterationBudget stops on time
-            self.train_epochs = math.ceil(self.train_cfg.iterations / max(1, len(self.dataloader)))
-
-    def session_iterations(self) -> int:
-        """Iterations of the current session (for the learning-rate schedule)."""
-        return self.train_cfg.iterations or len(self.dataloader) * self.train_epochs
-
-    def _after_training_iteration(self, **kwargs) -> None:
-        self.examples_seen += len(self.mb_y)
-        super()._after_training_iteration(**kwargs)
-        if self.train_cfg.iterations and self.clock.train_exp_iterations >= self.train_cfg.iterations:
-            self.stop_training()
-
     def _before_training_exp(self, **kwargs) -> None:
         self.current_classes = [int(c) for c in self.experience.classes_in_this_experience]
         self.seen_classes = sorted(set(self.seen_classes) | set(self.current_classes))
@@ -206,6 +214,101 @@ class ClipStrategy(SupervisedTemplate):
         for key, value in state["clock"].items():
             setattr(self.clock, key, value)  # Avalanche's x_plot steps continue, not restart
 
+    def _after_training_iteration(self, **kwargs) -> None:
+        self.examples_seen += len(self.mb_y) * distributed.world_size()
+        super()._after_training_iteration(**kwargs)
+        if self.train_cfg.iterations and self.clock.train_exp_iterations >= self.train_cfg.iterations:
+            self.stop_training()
+
+    def session_iterations(self) -> int:
+        """Iterations (forward passes) of the current session."""
+        return self.train_cfg.iterations or len(self.dataloader) * self.train_epochs
+
+    # -- scale: data parallelism, accumulation, bf16, workers -------------------------------------
+    def micro_batch_size(self, batch_size: int, what: str = "train.batch_size") -> int:
+        """Examples per process and forward pass when ``batch_size`` make one optimizer step."""
+        return distributed.local_batch_size(batch_size, getattr(self.train_cfg, "accumulation_steps", 1), what)
+
+    def call_model(self, method: str, *args: Any) -> Any:
+        """``self.model.<method>(*args)``; while training under DDP, through DDP's forward, which
+        readies the gradient all-reduce of the step (see ``continual.distributed._MethodCall``)."""
+        if self.ddp is not None and self.model.training and torch.is_grad_enabled():
+            return self.ddp(method, *args)
+        return getattr(self.model, method)(*args)
+
+    def forward(self) -> torch.Tensor:
+        """Logits of the batch, keeping f_I(x) for the methods (``mb_image_features``): over the
+        classes, keeping W (``mb_class_features``); or, for the contrastive loss while training,
+        over the batch's own captions, keeping their f_T (``mb_text_features``), [B, B] (under
+        torchrun the criterion builds the global matrix from them)."""
+        self.mb_image_features = self.call_model("encode_images", self.mb_x)
+        self.mb_class_features = self.mb_text_features = None
+        scale = logit_scale(self.model.model)
+        if self.is_training and self.task_loss == "contrastive":
+            self.mb_text_features = self.model.class_embeddings(self.mb_y)
+            return scale * self.mb_image_features @ self.mb_text_features.t()
+        self.mb_class_features = self.model.class_embeddings()
+        return scale * self.mb_image_features @ self.mb_class_features.t()
+
+    def make_train_dataloader(self, **kwargs) -> None:
+        """Avalanche's loader in a plain process; under DDP this process's shard
+        (DistributedSampler, seeded with the run's seed). ``train.workers`` loader processes."""
+        workers = getattr(self.train_cfg, "workers", 0)
+        if distributed.is_distributed():
+            self.dataloader = distributed.train_loader(self.adapted_dataset, self.train_mb_size, torch.initial_seed(),
+                                                       workers, self.adapted_dataset.collate_fn)
+        else:
+            super().make_train_dataloader(**{"num_workers": workers, "persistent_workers": workers > 0, **kwargs})
+        if self.train_cfg.iterations:  # enough passes for the budget; _after_training_iteration stops on time
+            self.train_epochs = math.ceil(self.train_cfg.iterations / max(1, len(self.dataloader)))
+
+    def _before_training_epoch(self, **kwargs) -> None:
+        epoch = self.experience.current_experience * self.train_epochs + self.clock.train_exp_epochs
+        distributed.set_epoch(self.dataloader, epoch)
+        super()._before_training_epoch(**kwargs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        bf16 = getattr(self.train_cfg, "precision", "fp32") == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def training_epoch(self, **kwargs) -> None:
+        """Avalanche's SGD iteration (``SGDUpdate.training_epoch``: the same callbacks in the same
+        order), plus gradient accumulation over ``train.accumulation_steps`` micro-batches (DDP
+        all-reduces on the last one only) and bf16 autocast of the forward pass and loss terms
+        (not of the backward pass or the update). With one micro-batch per step and fp32 it does
+        exactly what Avalanche's loop does."""
+        k = getattr(self.train_cfg, "accumulation_steps", 1)
+        n = len(self.dataloader)
+        for i, self.mbatch in enumerate(self.dataloader):
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            first = i - i % k
+            self._micro_batches = min(k, n - first)  # the epoch's last step may have fewer
+            last = i == first + self._micro_batches - 1
+            if i == first:
+                self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            with distributed.sync_gradients(self.ddp, last), self._autocast():
+                self._before_forward(**kwargs)
+                self.mb_output = self.forward()
+                self._after_forward(**kwargs)
+                self.loss += self.criterion()
+                self._before_backward(**kwargs)
+            self.backward()
+            self._after_backward(**kwargs)
+            if last:
+                self._before_update(**kwargs)
+                self.optimizer_step()
+                self._after_update(**kwargs)
+            self._after_training_iteration(**kwargs)
+
+    def backward(self) -> None:
+        """Backward of the loss over the step's micro-batches: each adds its share (1/m)."""
+        loss = self.loss / self._micro_batches if getattr(self, "_micro_batches", 1) > 1 else self.loss
+        loss.backward(retain_graph=self.retain_graph)
+
     def label_space(self) -> list[int]:
         """The classes the training loss ranges over (train.label_space)."""
         space = self.train_cfg.label_space
@@ -215,18 +318,14 @@ class ClipStrategy(SupervisedTemplate):
             return list(range(len(self.model.class_names)))
         return self.seen_classes
 
-    def forward(self) -> torch.Tensor:
-        """Logits of the batch: over the classes, or (contrastive loss, training) over the
-        batch's own captions, [B, B]. Keeps f_I(x) in ``mb_image_features``."""
-        self.mb_image_features = self.model.encode_images(self.mb_x)
-        if self.is_training and self.task_loss == "contrastive":
-            return self.model.logits(self.mb_image_features, self.mb_y)
-        return self.model.logits(self.mb_image_features)
-
     def criterion(self) -> torch.Tensor:
         """L_task: CE over the label space, or the symmetric contrastive loss, with label smoothing."""
         if self.task_loss == "contrastive" and self.is_training:
-            loss = contrastive_task_loss(self.mb_output, self.train_cfg.label_smoothing)
+            logits = self.mb_output
+            if distributed.is_distributed():  # the global batch: every process's pairs
+                logits = logit_scale(self.model.model) * (distributed.gather(self.mb_image_features, with_grad=True)
+                                                          @ distributed.gather(self.mb_text_features, with_grad=True).t())
+            loss = contrastive_task_loss(logits, self.train_cfg.label_smoothing)
         else:
             logits, targets = restrict(self.mb_output, self.mb_y, self.label_space())
             loss = F.cross_entropy(logits, targets, label_smoothing=self.train_cfg.label_smoothing)

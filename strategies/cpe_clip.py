@@ -274,7 +274,7 @@ class PromptedCLIP(nn.Module):
 
 
 # -- training -------------------------------------------------------------------------------------
-class CPEPlugin(SupervisedPlugin):
+class CPEPlugin(SupervisedPlugin, supports_distributed=True):
     """CPE-CLIP's training rules, for any Avalanche strategy whose outputs are logits over class ids
     and whose experiences carry ``classes_in_this_experience`` / ``classes_seen_so_far``:
 
@@ -300,7 +300,7 @@ class CPEPlugin(SupervisedPlugin):
             scale_gradients(self.prompts.parameters(), alpha)
 
 
-class EpochWarmupLR(SupervisedPlugin):
+class EpochWarmupLR(SupervisedPlugin, supports_distributed=True):
     """The authors' learning rate: lr_e = lr * :func:`authors_lr_factor` (e), e = the epoch within
     the session (restarts every session). Overrides the lr set before it each iteration."""
 
@@ -373,6 +373,8 @@ class CPECLIP(ClipStrategy):
 
     def _before_training_exp(self, **kwargs) -> None:
         incremental = self.experience.current_experience > 0
-        self.train_mb_size = (self.params.incremental_batch_size if incremental and self.params.incremental_batch_size
-                              else self.train_cfg.batch_size)
+        if incremental and self.params.incremental_batch_size:
+            self.train_mb_size = self.micro_batch_size(self.params.incremental_batch_size, "strategy.incremental_batch_size")
+        else:
+            self.train_mb_size = self.micro_batch_size(self.train_cfg.batch_size)
         super()._before_training_exp(**kwargs)  # builds the dataloader with train_mb_size

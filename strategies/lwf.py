@@ -64,7 +64,7 @@ class LwFParams:
             raise ConfigError(f"strategy.alpha must be >= 0 and strategy.temperature > 0, got {self.alpha}, {self.temperature}")
 
 
-class LwFPlugin(SupervisedPlugin):
+class LwFPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds ``alpha * KD(Z_t, Z_s; T)`` in ``before_backward``. Works in any Avalanche strategy
     whose model is a :class:`continual.heads.ClipClassifier` (``mb_output`` = its logits)."""
 

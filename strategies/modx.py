@@ -25,8 +25,9 @@ The task loss is the strategy's cross-entropy; ``contrastive_weight`` adds the s
 InfoNCE of the batch's pairs (Mod-X's own task loss, L_CLIP, on image-text data).
 When the logit scale trains it is clamped to [0, ln 100] after every step.
 
-Under data parallelism the matrices must be global: gather both models' features from all ranks
-(the teacher's without gradient) and the labels, then call these functions.
+Under data parallelism the matrices are global: the plugin gathers both models' image features
+from all ranks (the student's with gradient, the teacher's without) and the labels, then calls
+these functions unchanged (see ``continual.distributed``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
@@ -123,7 +125,7 @@ class ModXParams:
                 raise ConfigError(f"strategy.{key} must be >= 0, got {getattr(self, key)}")
 
 
-class ModXPlugin(SupervisedPlugin):
+class ModXPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds alpha * (L_i2t + L_t2i) / 2 on classification batches in ``before_backward``; usable
     in any Avalanche strategy whose model is a :class:`continual.heads.ClipClassifier`.
 
@@ -136,6 +138,7 @@ class ModXPlugin(SupervisedPlugin):
         self.params = params or ModXParams()
         self.teacher = Teacher(self.params.teacher, model)
         self.old_class_features: Optional[torch.Tensor] = None
+        self.old_image: Optional[torch.Tensor] = None  # f_I^old of the global batch, from before_forward
         self.last_value: Optional[float] = None
         self.last_kept: tuple[int, int] = (0, 0)
 
@@ -146,16 +149,34 @@ class ModXPlugin(SupervisedPlugin):
         with torch.no_grad():  # f_T^old of every class caption, once per session
             self.old_class_features = old.eval().class_embeddings()
 
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """f_I^old(x) of every process's rows, normalised like the student's (so that student =
+        teacher gives the same rows bit for bit)."""
+        return distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        # before the student's activations exist: at the step's peak a teacher costs its weights only
+        self.old_image = self.teacher_features(strategy.mb_x)
+
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         classifier: ClipClassifier = strategy.model
-        x, y = strategy.mb_x, strategy.mb_y
-        image = getattr(strategy, "mb_image_features", None)  # ClipStrategy keeps f_I(x) from its forward
-        if image is None:
-            image = classifier.encode_images(x)
-        text = classifier.class_embeddings(y)
-        with torch.no_grad():
-            # normalised like the student's (the forward's features): equal models give equal S
-            s_old = similarity(F.normalize(self.teacher().encode_image(x), dim=-1), self.old_class_features[y])
+        x = strategy.mb_x
+        # f_I(x), and f_T of each row's caption, as ClipStrategy's forward kept them; other
+        # Avalanche strategies encode again
+        image = getattr(strategy, "mb_image_features", None)
+        image = classifier.encode_images(x) if image is None else image
+        text = getattr(strategy, "mb_text_features", None)
+        if text is None:
+            classes = getattr(strategy, "mb_class_features", None)
+            text = (classifier.class_embeddings() if classes is None else classes)[strategy.mb_y]
+        old_image = self.old_image if self.old_image is not None else self.teacher_features(x)
+        self.old_image = None
+        # the global batch: every process's rows (one process: the identity)
+        y = distributed.gather(strategy.mb_y)
+        image = distributed.gather(image, with_grad=True)
+        text = distributed.gather(text, with_grad=True)
+        s_old = similarity(old_image, self.old_class_features[y])
         s = similarity(image, text)
         term = alignment_loss(s, s_old, y, self.params.reduction)
         self.last_value = float(term.detach())

@@ -21,8 +21,9 @@ and its gradient is zero.
 No author code exists; the defaults follow ZSCL's LwF-VR baseline: K = 1000 sequences of 10
 random token ids wrapped in start/end tokens, T = 2, lambda = 5 (ZSCL's class-incremental configs;
 MTIL uses 1). The vocabulary is redrawn each session from the run's seed and the session index.
-The vocabulary is the same on every rank (same seed), so under data parallelism only the image
-features need gathering (the teacher's without gradient) before calling :func:`vr_loss`.
+The vocabulary is the same on every rank (same seed), so under data parallelism the plugin
+gathers only the image features (the student's with gradient, the teacher's without) before
+calling :func:`vr_loss` (see ``continual.distributed``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual import distributed
 from continual.backbone import HFTextTrunk
 from continual.context import StrategyContext
 from continual.config import check_choice
@@ -182,7 +184,7 @@ class VRLwFParams:
             raise ConfigError(f"strategy.lam must be >= 0, got {self.lam}")
 
 
-class VRLwFPlugin(SupervisedPlugin):
+class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds lambda * L_VR in ``before_backward``; usable in any Avalanche strategy whose model is
     a :class:`continual.heads.ClipClassifier` (``strategy.model.model`` is the CLIP model).
 
@@ -202,6 +204,7 @@ class VRLwFPlugin(SupervisedPlugin):
         self.vocabulary: Any = None
         self.vocab_features: Optional[torch.Tensor] = None
         self.scale: Optional[torch.Tensor] = None
+        self.teacher_image: Optional[torch.Tensor] = None  # f_I^old of the global batch, from before_forward
         self.last_value: Optional[float] = None
 
     # -- once per session ---------------------------------------------------------------------
@@ -244,15 +247,24 @@ class VRLwFPlugin(SupervisedPlugin):
         return self.context.tokens_to_inputs(tokens)
 
     # -- every batch ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """f_I^old(x) of every process's rows, normalised like the student's (so that student =
+        teacher gives the same logits bit for bit)."""
+        return distributed.gather(F.normalize(self.teacher().encode_image(x), dim=-1))
+
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        # before the student's activations exist: at the step's peak a teacher costs its weights only
+        self.teacher_image = self.teacher_features(strategy.mb_x)
+
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        model = strategy.model.model
         x = strategy.mb_x
-        with torch.no_grad():
-            # normalised like the student's (the forward's features): equal models give equal logits
-            teacher_image = F.normalize(self.teacher().encode_image(x), dim=-1)
-        student_image = getattr(strategy, "mb_image_features", None)  # ClipStrategy keeps f_I(x)
-        if student_image is None:
-            student_image = model.encode_image(x)
+        teacher_image = self.teacher_image if self.teacher_image is not None else self.teacher_features(x)
+        self.teacher_image = None
+        # f_I(x) as ClipStrategy's forward kept it; other Avalanche strategies encode again
+        student_image = getattr(strategy, "mb_image_features", None)
+        student_image = strategy.model.encode_images(x) if student_image is None else student_image
+        student_image = distributed.gather(student_image, with_grad=True)  # the global batch's rows
         term = vr_loss(teacher_image, student_image, self.vocab_features, self.scale, self.params.temperature)
         self.last_value = float(term.detach())
         weighted = self.params.lam * term

@@ -47,7 +47,7 @@ class WiSEFTParams:
         check_choice("strategy.anchor", self.anchor, ("initial", "previous"))
 
 
-class WiSEFTPlugin(SupervisedPlugin):
+class WiSEFTPlugin(SupervisedPlugin, supports_distributed=True):
     """Interpolates the trainable weights (names as in ``strategy.model.named_parameters()``)
     with the anchor after each training experience. Works with any Avalanche strategy; a model
     with ``invalidate()`` (a ClipClassifier) has its cached class features dropped after the

@@ -98,7 +98,7 @@ def _take(inputs: Any, index: torch.Tensor) -> torch.Tensor:
     return torch.stack([inputs[int(i)] for i in index])
 
 
-class ZSCLPlugin(SupervisedPlugin):
+class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds ``weight * L_ZSCL + l2 * ||theta - theta_start||^2`` in ``before_backward`` and does
     the weight ensembling. Works in any Avalanche strategy whose model is a
     :class:`continual.heads.ClipClassifier`.
