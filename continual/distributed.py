@@ -133,7 +133,13 @@ def gather(tensor: torch.Tensor, with_grad: bool = False) -> torch.Tensor:
         # what open_clip's gather_with_grad uses, and works on gloo and NCCL
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.cat(all_gather(tensor), dim=0)
+            gathered = torch.cat(all_gather(tensor), dim=0)
+        if gathered.requires_grad:
+            # its backward hands the gradient's row blocks to a collective: gloo silently reads a
+            # non-contiguous block (the gradient of a transposed use, as in S^T) wrongly, NCCL
+            # refuses it (cf. pytorch/pytorch#192920); test_distributed's LwF case catches it
+            gathered.register_hook(lambda grad: grad.contiguous())
+        return gathered
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.detach().contiguous())
     return torch.cat(parts, dim=0)

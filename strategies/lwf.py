@@ -18,7 +18,9 @@ W[c] is class c's normalised template-mean text feature (``continual.heads``).
   side is regularised too) or ``teacher`` (ZSCL's LwF code: the student's image features are
   scored against the TEACHER's class text features, Z_s = s * f_I(x) W_old[C]^T).
 - ``symmetric``: also distil the class-to-image direction over the batch, KD(Z_t^T, Z_s^T; T)
-  (ZSCL's LwF code does; off by default).
+  (ZSCL's LwF code does; off by default). Under data parallelism that direction is over the
+  global batch: both logit matrices are gathered from every process (the student's with
+  gradient, see ``continual.distributed``).
 
 Avalanche's own ``LwFPlugin`` is not reused: it distils the KL divergence without the T^2
 factor, only over the previously seen classes, and re-runs the whole classifier as teacher;
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from continual import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import logit_scale
@@ -110,7 +113,8 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
             image = F.normalize(student.model.encode_image(x), dim=-1)
             z_s = logit_scale(student.model) * image @ self.teacher_text.t()
         loss = kd(z_t, z_s, self.temperature)
-        if self.symmetric:
+        if self.symmetric:  # over the batch: every process's rows
+            z_t, z_s = distributed.gather(z_t), distributed.gather(z_s, with_grad=True)
             loss = loss + kd(z_t.t(), z_s.t(), self.temperature)
         return loss
 

@@ -35,8 +35,10 @@ CASES = {
     "vrlwf": ("vrlwf", {"lam": 1000.0, "vocab_size": 64, "seed": 0}, {}),
     # CLIP's contrastive task loss of image-text streams (labels stand for caption ids)
     "contrastive": ("finetune", {}, {}, {"task_loss": "contrastive"}),
+    # encodes the batch again outside DDP's forward; its symmetric term is over the batch
+    "lwf": ("lwf", {"alpha": 100.0, "text_features": "teacher", "symmetric": True}, {}),
 }
-REFERENCE = ("finetune", "modx", "vrlwf", "contrastive")  # in one process
+REFERENCE = ("finetune", "modx", "vrlwf", "contrastive", "lwf")  # in one process
 # the other scale options, in one process (tests/test_scale_options.py)
 OPTIONS = {
     "finetune-checkpointing": ("finetune", {}, {"grad_checkpointing": True}),
@@ -44,11 +46,12 @@ OPTIONS = {
     "finetune-workers": ("finetune", {}, {"workers": 1}),
 }
 CASES.update(OPTIONS)
-DISTRIBUTED = ("finetune-accumulate", "modx", "vrlwf", "contrastive")  # under torchrun
+DISTRIBUTED = ("finetune-accumulate", "modx", "vrlwf", "contrastive", "lwf")  # under torchrun
 
 
 def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
-    """Loss terms of both steps (the task term averaged over processes) and the parameters after;
+    """Loss terms of both steps (averaged over processes: a per-example term is a local mean, a
+    batch-direction term is the same global value on every process) and the parameters after;
     float64 by default: what differs beyond rounding is a bug."""
     import open_clip
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
@@ -82,9 +85,9 @@ def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
 
     class Record(SupervisedPlugin):
         def after_training_iteration(self, strategy, **kwargs):
-            terms = dict(strategy.loss_terms)
-            terms["task"] = distributed.all_reduce_sum(terms["task"])[0] / distributed.world_size()  # local mean
-            steps.append(terms)
+            names = sorted(strategy.loss_terms)
+            sums = distributed.all_reduce_sum(*(strategy.loss_terms[n] for n in names))
+            steps.append({n: v / distributed.world_size() for n, v in zip(names, sums)})
 
     strategy = cls(classifier=classifier, train=train, params=cls.Params(**params) if cls.Params else None,
                    context=StrategyContext(encode_texts=tokenizer, tokenizer=tokenizer), plugins=[Record()],

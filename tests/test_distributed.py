@@ -51,6 +51,7 @@ def test_two_processes_ran(two_and_one):
 
 
 @pytest.mark.parametrize("case,reference", [("modx", "modx"), ("vrlwf", "vrlwf"), ("contrastive", "contrastive"),
+                                            ("lwf", "lwf"),
                                             ("finetune-accumulate", "finetune")])
 def test_two_processes_equal_one_process_on_the_global_batch(two_and_one, case, reference):
     ddp, one = two_and_one
@@ -69,7 +70,7 @@ def test_two_processes_equal_one_process_on_the_global_batch(two_and_one, case, 
 def test_the_methods_terms_drive_the_compared_update(two_and_one):
     """The comparison is sensitive: each method's term moves the parameters far beyond the tolerance."""
     _, one = two_and_one
-    for case in ("modx", "vrlwf"):
+    for case in ("modx", "vrlwf", "lwf"):
         second = one[case]["steps"][1]
         assert second[case] > 0
         moved = max(float((one[case]["params"][n] - p).abs().max()) for n, p in one["finetune"]["params"].items())
