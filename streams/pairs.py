@@ -108,12 +108,8 @@ def split_sessions(pairs: list[Pair], cfg: StreamConfig, seed: int, sources: lis
                               f"but stream.n_sessions is {n}; set n_sessions={len(sources)}")
         parts = [(s, [p for p in pairs if p.source == s]) for s in sources]
     else:
-        slices = list(cfg.slices) or ([n] if len(sources) == 1 else [])
-        if len(slices) != len(sources) or sum(slices) != n:
-            raise ConfigError(f"stream.slices must give the number of slices of each of the {len(sources)} sources, "
-                              f"summing to stream.n_sessions ({n}); got {list(cfg.slices)}")
         parts = []
-        for source, k in zip(sources, slices):
+        for source, k in zip(sources, slices_per_source(cfg, sources)):
             mine = [p for p in pairs if p.source == source]
             keys = list(OrderedDict.fromkeys(p.key for p in mine))
             if len(keys) < k:
@@ -122,6 +118,16 @@ def split_sessions(pairs: list[Pair], cfg: StreamConfig, seed: int, sources: lis
                 chosen = {keys[j] for j in chunk}
                 parts.append((f"{source} {i + 1}/{k}" if k > 1 else source, [p for p in mine if p.key in chosen]))
     return [_train_test(name, part, cfg.test_fraction, seed, i) for i, (name, part) in enumerate(parts)]
+
+
+def slices_per_source(cfg: StreamConfig, sources: list[str]) -> list[int]:
+    """``stream.slices`` (default: n_sessions slices of a single source), checked to give one
+    number per source summing to ``stream.n_sessions``."""
+    slices = list(cfg.slices) or ([cfg.n_sessions] if len(sources) == 1 else [])
+    if len(slices) != len(sources) or sum(slices) != cfg.n_sessions:
+        raise ConfigError(f"stream.slices must give the number of slices of each of the {len(sources)} sources, "
+                          f"summing to stream.n_sessions ({cfg.n_sessions}); got {list(cfg.slices)}")
+    return slices
 
 
 def _train_test(name: str, pairs: list[Pair], test_fraction: float, seed: int, index: int) -> SessionPairs:
@@ -157,17 +163,12 @@ def _plan(cfg: StreamConfig, sessions: list[SessionPairs], notes: list[str]) -> 
 
 def nominal_plan(cfg: StreamConfig, sources: list[str]) -> PairStream:
     """The plan of standard manifests that are absent, from their published sizes."""
-    slices = list(cfg.slices) or ([cfg.n_sessions] if len(sources) == 1 else [1] * len(sources))
-    if len(slices) != len(sources) or sum(slices) != cfg.n_sessions:
-        raise ConfigError(f"stream.slices must give the number of slices of each of the {len(sources)} sources, "
-                          f"summing to stream.n_sessions ({cfg.n_sessions}); got {list(cfg.slices)}")
-    sessions, names = [], []
-    for source, k in zip(sources, slices):
+    sessions = []
+    for source, k in zip(sources, slices_per_source(cfg, sources)):
         train, test, per_image = NOMINAL[Path(source).name]
         for i, (a, b) in enumerate(zip(np.array_split(np.arange(train), k), np.array_split(np.arange(test), k))):
             name = Path(source).name + (f" {i + 1}/{k}" if k > 1 else "")
             sessions.append(Session(len(sessions) + 1, [], len(a) * per_image, len(b) * per_image, name))
-            names.append(name)
     return PairStream("caption-pairs", [], sessions, notes=[
         f"data absent: nominal counts of the published splits ({', '.join(sorted({Path(s).name for s in sources}))}); "
         "sessions by slices"])
