@@ -169,7 +169,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from continual.tracking import default_artifact_root, default_tracking_uri, start_ui
+    from continual.server import start_ui
+    from continual.store import default_artifact_root, default_tracking_uri
 
     uri = default_tracking_uri(args.output_dir)
     print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)")

@@ -91,7 +91,7 @@ def plan(cfg: DictConfig) -> list[str]:
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    from continual.tracking import default_tracking_uri
+    from continual.store import default_tracking_uri
 
     return cfg.tracking.uri or default_tracking_uri(cfg.output_dir)
 
@@ -108,7 +108,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.features import image_inputs, text_inputs
     from continual.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
-    from continual.tracking import MLflowLogger, check_tracking_uri, default_artifact_root
+    from continual.store import check_tracking_uri, default_artifact_root
+    from continual.tracking import MLflowLogger
 
     # Under torchrun: join the process group; only rank 0 speaks.
     device = distributed.init(cfg.device)
@@ -262,7 +263,7 @@ def config_fingerprint(cfg: DictConfig) -> str:
 def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool) -> Optional[str]:
     """The run to continue: ``resume`` (checked to be of this config), else the newest unfinished
     run of this config that has a checkpoint, else None (a new run)."""
-    from continual.tracking import find_runs
+    from continual.store import find_runs
 
     if resume:
         from mlflow import MlflowClient
@@ -286,7 +287,7 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
 
 
 def _logged_steps(uri: str, run_id: str) -> list[int]:
-    from continual.tracking import metric_steps
+    from continual.store import metric_steps
 
     return metric_steps(uri, run_id, "acc/session_1")
 

@@ -1,38 +1,27 @@
-"""MLflow tracking: store URIs, run metadata, the Avalanche/MLflow logger, and server helpers.
+"""The MLflow logger of a run: params, tags, metrics, matrices and artifacts, from our code and
+from Avalanche.
 
 Everything goes through an explicit ``mlflow.MlflowClient(tracking_uri)``; nothing here reads
 or mutates MLflow's process-global state (``mlflow.set_tracking_uri``, the active run), so two
-loggers writing to two different stores can coexist in one process.
+loggers writing to two different stores can coexist in one process. Where runs live and how a
+store is checked: :mod:`continual.store`; the figures: :mod:`continual.figures`; MLflow's UI and
+server processes: :mod:`continual.server`.
 
 This module imports avalanche (6-8 s) at import time, because :class:`MLflowLogger` must
 subclass Avalanche's ``BaseLogger``. Import it only inside the commands that need it, never at
 CLI start-up.
-
-Store conventions: a local store is ``sqlite:///<abs output_dir>/mlflow.db`` with artifacts in
-``<abs output_dir>/mlartifacts`` (MLflow refuses the old ``file:`` store unless
-``MLFLOW_ALLOW_FILE_STORE=true``). A remote store is an ``http(s)://`` tracking server.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import numbers
-import os
-import platform
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -41,28 +30,17 @@ import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import AlternativeValues, TensorImage
 from avalanche.logging import BaseLogger
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from continual.errors import UserError
+from continual.figures import curves, heatmap
+from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, sqlite_path,
+                             run_metadata)
 
-__all__ = [
-    "TrackingError",
-    "default_tracking_uri",
-    "default_artifact_root",
-    "check_tracking_uri",
-    "run_metadata",
-    "flatten",
-    "MLflowLogger",
-    "start_ui",
-    "start_server_process",
-    "stop_server_process",
-    "wait_healthy",
-]
+__all__ = ["flatten", "MLflowLogger"]
 
 # MLflow's own limits (mlflow.utils.validation); exceeding them makes the whole call fail.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -70,184 +48,6 @@ MAX_TAG_VALUE_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 _MAX_PARAMS_TAGS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
-# Error tags are shown in the runs table: keep them short enough to read there.
-_MAX_ERROR_LENGTH = 1000
-
-_PACKAGES = {  # run_metadata key -> distribution name on PyPI
-    "torch": "torch",
-    "open_clip": "open_clip_torch",
-    "avalanche": "avalanche-lib",
-    "mlflow": "mlflow",
-    "numpy": "numpy",
-}
-
-
-# MLflow announces creating and migrating its sqlite tables at INFO level on every new store.
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-class TrackingError(UserError, ValueError):
-    """The tracking store cannot be used; the one-line message names the URI and the fix."""
-
-
-# --------------------------------------------------------------------------- #
-# Store locations and checks
-# --------------------------------------------------------------------------- #
-def _abspath(path: str | os.PathLike) -> str:
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
-
-
-def default_tracking_uri(output_dir: str) -> str:
-    """The local sqlite store of an output directory: ``sqlite:///<abs output_dir>/mlflow.db``."""
-    return "sqlite:///" + os.path.join(_abspath(output_dir), "mlflow.db")
-
-
-def default_artifact_root(output_dir: str) -> str:
-    """Where runs of the local store keep their artifacts: ``<abs output_dir>/mlartifacts``."""
-    return os.path.join(_abspath(output_dir), "mlartifacts")
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (SQLAlchemy form), None for in-memory."""
-    # sqlite:///rel.db is relative to the cwd, sqlite:////abs.db is absolute.
-    path = uri[len("sqlite:///") :].split("?", 1)[0]
-    if path in ("", ":memory:"):
-        return None
-    return Path(_abspath(path))
-
-
-def _is_local_path(location: str) -> bool:
-    """True for a plain path (no URI scheme; a one-letter scheme is a Windows drive)."""
-    return len(urllib.parse.urlparse(location).scheme) <= 1
-
-
-def _one_line(text: str, limit: int) -> str:
-    """Collapse whitespace (newlines included) and truncate to `limit` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when the tracking store cannot be used.
-
-    - ``http(s)://``: GET ``<uri>/health`` must answer 200 within `timeout` seconds.
-    - ``sqlite:///``: the database's directory must be creatable and writable.
-    - ``file:`` / plain paths: refused (MLflow 3 refuses them too) unless
-      ``MLFLOW_ALLOW_FILE_STORE=true``.
-    Other schemes (postgresql://, databricks, ...) are passed through unchecked.
-
-    Raises TrackingError with a one-line message naming the URI and the fix.
-    """
-    scheme = urllib.parse.urlparse(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=timeout) as response:
-                status = response.status
-            reason = None if status == 200 else f"HTTP {status}"
-        except urllib.error.HTTPError as e:
-            reason = f"HTTP {e.code}"
-        except (urllib.error.URLError, OSError) as e:
-            reason = str(getattr(e, "reason", e))
-        if reason is not None:
-            raise TrackingError(
-                _one_line(
-                    f"MLflow tracking server {uri} is unreachable ({reason}): start it with "
-                    f"`continual ui` / `mlflow server --backend-store-uri sqlite:///PATH "
-                    f"--host 127.0.0.1 --port PORT`, or set tracking.uri to a reachable "
-                    f"server or a sqlite:/// path",
-                    2 * _MAX_ERROR_LENGTH,
-                )
-            )
-    elif scheme == "sqlite":
-        db = _sqlite_path(uri)
-        if db is None:
-            return
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TrackingError(
-                _one_line(
-                    f"tracking store {uri}: cannot create directory {db.parent} ({e.strerror or e}); "
-                    f"set tracking.uri to a sqlite:/// path in a writable directory",
-                    2 * _MAX_ERROR_LENGTH,
-                )
-            ) from None
-        target = db if db.exists() else db.parent
-        if not os.access(target, os.W_OK):
-            raise TrackingError(
-                f"tracking store {uri}: {target} is not writable; "
-                f"set tracking.uri to a sqlite:/// path in a writable directory"
-            )
-    elif scheme == "file" or _is_local_path(uri):
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
-            raise TrackingError(
-                f"tracking store {uri}: MLflow refuses file stores; "
-                f"set tracking.uri to sqlite:///PATH/mlflow.db or an http:// server"
-            )
-
-
-# --------------------------------------------------------------------------- #
-# Run metadata and params
-# --------------------------------------------------------------------------- #
-def _git(args: Sequence[str], cwd: Path) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def find_runs(tracking_uri: str, experiment: str, tag: str, value: str) -> list:
-    """Runs of ``experiment`` whose tag ``tag`` equals ``value``, newest first ([] if none).
-
-    Looking does not create a store: a sqlite file that does not exist yet holds no runs.
-    """
-    if tracking_uri.startswith("sqlite:///"):
-        db = _sqlite_path(tracking_uri)
-        if db is not None and not db.exists():
-            return []
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs([found.experiment_id], filter_string=f"tags.{tag} = '{value}'",
-                              order_by=["attributes.start_time DESC"])
-
-
-def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
-    """The steps at which ``key`` was logged in ``run_id``."""
-    return [m.step for m in MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key)]
-
-
-def run_metadata() -> dict[str, str]:
-    """Versions of the packages that shape results, plus the project's git commit.
-
-    Keys: torch, open_clip, avalanche, mlflow, numpy, python, git_commit. Versions come from
-    the installed distributions' metadata (no imports); a missing one is "not installed".
-    git_commit is the checkout's HEAD, with "-dirty" when ``git status --porcelain`` reports
-    changes, or "unknown" when this package is not in a git checkout with a commit.
-    """
-    info: dict[str, str] = {}
-    for key, dist in _PACKAGES.items():
-        try:
-            info[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            info[key] = "not installed"
-    info["python"] = platform.python_version()
-
-    package_dir = Path(__file__).resolve().parent
-    commit = _git(["rev-parse", "HEAD"], package_dir)
-    if not commit:
-        info["git_commit"] = "unknown"
-    else:
-        dirty = _git(["status", "--porcelain"], package_dir)
-        info["git_commit"] = commit + ("-dirty" if dirty else "")
-    return info
-
 
 def _truncate(value: str, limit: int) -> str:
     """Cut `value` to at most `limit` characters, marking the cut so it is not mistaken."""
@@ -378,7 +178,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 run = self.client.get_run(run_id)
             except MlflowException as e:
                 raise TrackingError(
-                    _one_line(f"cannot re-open run {run_id} in {tracking_uri}: {e.message}", 2000)
+                    one_line(f"cannot re-open run {run_id} in {tracking_uri}: {e.message}", 2000)
                 ) from None
             self.experiment_id = run.info.experiment_id
             if run.info.status != "RUNNING":
@@ -401,12 +201,12 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
         if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
-            db = _sqlite_path(self.tracking_uri)
+            db = sqlite_path(self.tracking_uri)
             if db is not None:
                 artifact_location = str(db.parent / "mlartifacts")
-        elif artifact_location is not None and _is_local_path(artifact_location):
+        elif artifact_location is not None and is_local_path(artifact_location):
             # A relative path would be stored as-is and resolved against a later cwd.
-            artifact_location = _abspath(artifact_location)
+            artifact_location = abspath(artifact_location)
         try:
             return self.client.create_experiment(name, artifact_location=artifact_location)
         except MlflowException:
@@ -558,8 +358,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 writer.writerow(["", *col_labels])
                 for label, row in zip(row_labels, R):
                     writer.writerow([label, *(repr(float(v)) for v in row)])
-            _heatmap(R, row_labels, col_labels, title).savefig(f"{base}_heatmap.png", dpi=120)
-            _curves(R, row_labels, col_labels, title, value_label).savefig(
+            heatmap(R, row_labels, col_labels, title).savefig(f"{base}_heatmap.png", dpi=120)
+            curves(R, row_labels, col_labels, title, value_label).savefig(
                 f"{base}_curves.png", dpi=120
             )
             self.client.log_artifacts(self.run_id, tmp)
@@ -575,7 +375,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         status = status.upper()
         RunStatus.from_string(status)  # raises on a typo, before anything is written
         if error:
-            self.client.set_tag(self.run_id, "error", _one_line(error, _MAX_ERROR_LENGTH))
+            self.client.set_tag(self.run_id, "error", one_line(error, MAX_ERROR_LENGTH))
         self.client.set_terminated(self.run_id, status=status)
         self._finished = True
 
@@ -598,160 +398,3 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
-
-
-def _value_format(R: np.ndarray) -> str:
-    finite = R[np.isfinite(R)]
-    # Accuracies in [0, 1] need 3 decimals to show small forgetting; percentages need 1.
-    return "{:.3f}" if finite.size == 0 or np.abs(finite).max() <= 1.0 else "{:.1f}"
-
-
-def _heatmap(
-    R: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str
-) -> Figure:
-    rows, cols = R.shape
-    size = (max(4.0, 1.0 * cols + 2.5), max(3.0, 0.55 * rows + 1.8))
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    finite = R[np.isfinite(R)]
-    in_unit = finite.size == 0 or (finite.min() >= 0.0 and finite.max() <= 1.0)
-    # A fixed 0..1 scale keeps colours comparable across runs; otherwise use the data range.
-    vmin, vmax = (0.0, 1.0) if in_unit else (float(finite.min()), float(finite.max()))
-    image = ax.imshow(np.ma.masked_invalid(R), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    fig.colorbar(image, ax=ax)
-    fmt = _value_format(R)
-    fontsize = 9 if cols <= 10 else 7
-    for i in range(rows):
-        for j in range(cols):
-            v = R[i, j]
-            if np.isfinite(v):
-                dark = (v - vmin) / ((vmax - vmin) or 1.0) < 0.6  # viridis is dark below ~0.6
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize,
-                        color="white" if dark else "black")
-            else:
-                ax.text(j, i, "-", ha="center", va="center", fontsize=fontsize, color="gray")
-    slanted = cols > 6  # long label rows overlap unless slanted
-    ax.set_xticks(range(cols), [str(c) for c in col_labels],
-                  rotation=45 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_yticks(range(rows), [str(r) for r in row_labels])
-    ax.set_xlabel("test data of")
-    ax.set_ylabel("model")
-    ax.set_title(title)
-    return fig
-
-
-def _curves(
-    R: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, value_label: str
-) -> Figure:
-    rows, cols = R.shape
-    fig = Figure(figsize=(max(5.0, 0.7 * rows + 3.0), 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.arange(rows)
-    for j in range(cols):
-        ax.plot(x, R[:, j], marker="o", label=str(col_labels[j]))
-    slanted = rows > 4  # "after session 10" labels overlap unless slanted
-    ax.set_xticks(x, [str(r) for r in row_labels],
-                  rotation=30 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_xlabel("training progress")
-    ax.set_ylabel(f"{value_label} on test data")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(title="test data of", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig
-
-
-# --------------------------------------------------------------------------- #
-# Tracking server
-# --------------------------------------------------------------------------- #
-def _mlflow_command() -> list[str]:
-    # The mlflow of this interpreter, not whatever `mlflow` is first on PATH.
-    return [sys.executable, "-m", "mlflow"]
-
-
-def start_ui(store_uri: str, artifact_root: str, port: int = 5000) -> int:
-    """Run ``mlflow ui`` on 127.0.0.1:`port` in the foreground until Ctrl-C; returns its exit code."""
-    Path(artifact_root).mkdir(parents=True, exist_ok=True)
-    command = _mlflow_command() + [
-        "ui",
-        "--backend-store-uri", store_uri,
-        "--default-artifact-root", artifact_root,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]
-    try:
-        return subprocess.run(command).returncode
-    except KeyboardInterrupt:  # Ctrl-C is how the user stops the UI: not an error
-        return 0
-
-
-def start_server_process(
-    store_uri: str,
-    artifact_root: str,
-    port: int,
-    host: str = "127.0.0.1",
-    workers: int = 1,
-    log_path: str | None = None,
-) -> subprocess.Popen:
-    """Start ``mlflow server`` in the background; stop it with :func:`stop_server_process`.
-
-    Artifacts are proxied (``--artifacts-destination``): clients upload them over HTTP and
-    need no access to `artifact_root`. The server runs in its own process group so that
-    stopping it also stops its workers. Output goes to `log_path` (default: discarded).
-    Call :func:`wait_healthy` before using it (it takes about 10 s to answer).
-    """
-    Path(artifact_root).mkdir(parents=True, exist_ok=True)
-    command = _mlflow_command() + [
-        "server",
-        "--backend-store-uri", store_uri,
-        "--artifacts-destination", artifact_root,
-        "--host", host,
-        "--port", str(port),
-        "--workers", str(workers),
-    ]
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        if log_path:
-            out.close()  # the child has its own copy of the descriptor
-
-
-def stop_server_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Terminate a server from :func:`start_server_process` and its workers; kill if stuck."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own group (start_new_session), not ours
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
-
-
-def wait_healthy(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``<url>/health`` until it answers 200; TrackingError after `timeout` seconds.
-
-    With `proc`, give up at once if that server process has exited.
-    """
-    deadline = time.monotonic() + timeout
-    health = url.rstrip("/") + "/health"
-    while True:
-        try:
-            with urllib.request.urlopen(health, timeout=2.0) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise TrackingError(
-                f"MLflow server for {url} exited with code {proc.returncode} "
-                f"before answering /health"
-            )
-        if time.monotonic() > deadline:
-            raise TrackingError(f"MLflow server {url} did not answer /health within {timeout:.0f} s")
-        time.sleep(0.25)

@@ -57,7 +57,8 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path: Path):
     """A real `mlflow server` (sqlite backend) on a free local port; always stopped on teardown."""
-    from continual.tracking import TrackingError, start_server_process, stop_server_process, wait_healthy
+    from continual.server import start_server_process, stop_server_process, wait_healthy
+    from continual.store import TrackingError
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import free_port
-from continual import tracking
-from continual.tracking import MLflowLogger, TrackingError
+from continual import store as tracking_store, tracking
+from continual.store import TrackingError
+from continual.tracking import MLflowLogger
 
 ROWS = ["before training", "after session 1", "after session 2"]
 COLS = ["session 1", "session 2"]
@@ -37,7 +38,7 @@ def store(store_dir: Path) -> str:
 
     Tests stay independent by reading back only their own run (or experiment).
     """
-    return tracking.default_tracking_uri(str(store_dir))
+    return tracking_store.default_tracking_uri(str(store_dir))
 
 
 def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
@@ -52,8 +53,8 @@ def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
 # --------------------------------------------------------------------------- #
 def test_default_locations_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert tracking.default_tracking_uri("outputs") == f"sqlite:///{tmp_path}/outputs/mlflow.db"
-    assert tracking.default_artifact_root("outputs") == f"{tmp_path}/outputs/mlartifacts"
+    assert tracking_store.default_tracking_uri("outputs") == f"sqlite:///{tmp_path}/outputs/mlflow.db"
+    assert tracking_store.default_artifact_root("outputs") == f"{tmp_path}/outputs/mlartifacts"
 
 
 def test_flatten() -> None:
@@ -82,7 +83,7 @@ def test_flatten() -> None:
 
 
 def test_run_metadata() -> None:
-    meta = tracking.run_metadata()
+    meta = tracking_store.run_metadata()
     assert set(meta) == {"torch", "open_clip", "avalanche", "mlflow", "numpy", "python", "git_commit"}
     assert meta["mlflow"] == mlflow.__version__
     assert meta["torch"].split("+")[0] == torch.__version__.split("+")[0]
@@ -97,7 +98,7 @@ def test_check_closed_port_fails_fast_with_one_line() -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(TrackingError) as info:
-        tracking.check_tracking_uri(uri, timeout=2.0)
+        tracking_store.check_tracking_uri(uri, timeout=2.0)
     assert time.monotonic() - start < 3.0
     message = str(info.value)
     assert "\n" not in message
@@ -106,16 +107,16 @@ def test_check_closed_port_fails_fast_with_one_line() -> None:
 
 
 def test_check_sqlite(tmp_path: Path) -> None:
-    tracking.check_tracking_uri(f"sqlite:///{tmp_path}/new/dir/mlflow.db")
+    tracking_store.check_tracking_uri(f"sqlite:///{tmp_path}/new/dir/mlflow.db")
     assert (tmp_path / "new" / "dir").is_dir()
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(TrackingError, match="cannot create directory"):
-        tracking.check_tracking_uri(f"sqlite:///{blocker}/sub/mlflow.db")
+        tracking_store.check_tracking_uri(f"sqlite:///{blocker}/sub/mlflow.db")
 
     with pytest.raises(TrackingError, match="sqlite"):
-        tracking.check_tracking_uri(str(tmp_path / "mlruns"))
+        tracking_store.check_tracking_uri(str(tmp_path / "mlruns"))
 
 
 # --------------------------------------------------------------------------- #
@@ -138,7 +139,7 @@ def test_log_and_read_back(store: str, store_dir: Path, tmp_path: Path) -> None:
     assert client.get_experiment(logger.experiment_id).name == "exp-a"
     assert run.info.run_name == "run-a"
     # Artifacts live next to the database, not in ./mlruns of whatever the cwd was.
-    assert run.info.artifact_uri.startswith(tracking.default_artifact_root(str(store_dir)))
+    assert run.info.artifact_uri.startswith(tracking_store.default_artifact_root(str(store_dir)))
 
     history = client.get_metric_history(logger.run_id, "acc")
     assert [m.step for m in history] == [0, 1, 2, 3]
@@ -149,7 +150,7 @@ def test_log_and_read_back(store: str, store_dir: Path, tmp_path: Path) -> None:
     assert run.data.params == {"train.lr": "0.01", "train.epochs": "3", "stream.name": "tiny"}
     tags = run.data.tags
     assert tags["purpose"] == "test"
-    assert tags["git_commit"] == tracking.run_metadata()["git_commit"]
+    assert tags["git_commit"] == tracking_store.run_metadata()["git_commit"]
     for key in ("torch", "open_clip", "avalanche", "mlflow", "numpy", "python"):
         assert tags[f"version.{key}"]
     assert tags["version.mlflow"] == mlflow.__version__
@@ -246,8 +247,8 @@ def test_logger_survives_pickling(store: str) -> None:
 
 def test_two_stores_in_one_process(tmp_path: Path) -> None:
     global_uri = mlflow.get_tracking_uri()
-    a = MLflowLogger(tracking.default_tracking_uri(str(tmp_path / "a")))
-    b = MLflowLogger(tracking.default_tracking_uri(str(tmp_path / "b")))
+    a = MLflowLogger(tracking_store.default_tracking_uri(str(tmp_path / "a")))
+    b = MLflowLogger(tracking_store.default_tracking_uri(str(tmp_path / "b")))
     a.log_metrics({"x": 1.0}, step=0)
     b.log_metrics({"x": 2.0}, step=0)
     a.finish()
@@ -322,7 +323,7 @@ def test_avalanche_naive_strategy_logs_to_mlflow(store: str, tmp_path: Path) -> 
 # --------------------------------------------------------------------------- #
 def test_logging_through_a_real_server(server: tuple[str, Path], tmp_path: Path) -> None:
     url, artifact_dir = server
-    tracking.check_tracking_uri(url)  # healthy: no error
+    tracking_store.check_tracking_uri(url)  # healthy: no error
 
     with MLflowLogger(url, experiment="remote", run_name="http", params={"a": {"b": 1}}) as logger:
         for step in range(4):
