@@ -37,10 +37,15 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.figures import curves, heatmap
-from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, sqlite_path,
-                             run_metadata)
+from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
+                             source_tags, sqlite_path)
 
 __all__ = ["flatten", "MLflowLogger"]
+
+# MLflow 3 opens an experiment in the view its kind names: ours are model training, not GenAI
+# traces (which it guesses for untagged experiments).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # a run's description
 
 # MLflow's own limits (mlflow.utils.validation); exceeding them makes the whole call fail.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -172,7 +177,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
         if run_id is None:
             self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
-            run = self.client.create_run(self.experiment_id, run_name=run_name)
+            name = self._unique_name(run_name) if run_name else None
+            run = self.client.create_run(self.experiment_id, run_name=name)
         else:
             try:
                 run = self.client.get_run(run_id)
@@ -189,16 +195,30 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         meta = run_metadata()
         all_tags["git_commit"] = meta.pop("git_commit")
         all_tags.update({f"version.{k}": v for k, v in meta.items()})
+        all_tags.update(source_tags(all_tags["git_commit"]))
         flat = flatten(params or {})
         if run_id is not None:
             flat = self._new_params(flat, run.data.params)
         self._log_params_and_tags(flat, all_tags)
+
+    def _unique_name(self, name: str) -> str:
+        """``name``, or ``name-2``, ``name-3``, ... when runs of the experiment already carry it."""
+        pattern = name.replace("'", "")
+        taken = {r.info.run_name for r in self.client.search_runs(
+            [self.experiment_id], filter_string=f"attributes.run_name LIKE '{pattern}%'", max_results=10000)}
+        k, unique = 1, name
+        while unique in taken:
+            k += 1
+            unique = f"{name}-{k}"
+        return unique
 
     def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if EXPERIMENT_KIND_TAG not in found.tags:  # experiments made before the tag existed
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
             db = sqlite_path(self.tracking_uri)
@@ -208,7 +228,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             # A relative path would be stored as-is and resolved against a later cwd.
             artifact_location = abspath(artifact_location)
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             # Another process created it between our lookup and create.
             found = self.client.get_experiment_by_name(name)
@@ -329,17 +350,20 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         row_labels: Sequence[str],
         col_labels: Sequence[str],
         title: str | None = None,
-        value_label: str = "accuracy",
+        value_label: str = "accuracy (%)",
+        chance: float | Sequence[float] | None = None,
+        figures: bool = True,
+        row_header: str = "model",
     ) -> None:
-        """Log a (possibly partial) accuracy matrix as three artifacts.
+        """Log a (possibly partial) session matrix of percentages as a CSV and two figures.
 
-        - ``<name>.csv``: header row (empty corner cell, then `col_labels`), one row per
+        - ``<name>.csv``: a header row (`row_header`, then `col_labels`), one row per
           `row_labels` entry; values at full precision, NaN as ``nan``.
-        - ``<name>_heatmap.png``: heatmap with every cell's value printed.
-        - ``<name>_curves.png``: one line per column (a session's test data) against the
-          rows (training progress).
+        - with `figures`: ``<name>_heatmap.png`` (every cell's value on a fixed 0-100 scale,
+          sessions not trained on yet hatched, the `chance` level noted) and ``<name>_curves.png``
+          (one line per column, a session's test data, against the rows, training progress).
         Row i is e.g. "before training" / "after session i", column j "session j".
-        Calling it again with the same `name` replaces the three files. `name` may contain
+        Calling it again with the same `name` replaces the files. `name` may contain
         '/' to put them in a sub-directory.
         """
         R = np.asarray(R, dtype=float)
@@ -355,14 +379,19 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             base.parent.mkdir(parents=True, exist_ok=True)
             with open(f"{base}.csv", "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["", *col_labels])
+                writer.writerow([row_header, *col_labels])
                 for label, row in zip(row_labels, R):
                     writer.writerow([label, *(repr(float(v)) for v in row)])
-            heatmap(R, row_labels, col_labels, title).savefig(f"{base}_heatmap.png", dpi=120)
-            curves(R, row_labels, col_labels, title, value_label).savefig(
-                f"{base}_curves.png", dpi=120
-            )
+            if figures:
+                heatmap(R, row_labels, col_labels, title, chance=chance, value_label=value_label).savefig(
+                    f"{base}_heatmap.png", dpi=120)
+                curves(R, row_labels, col_labels, title, value_label, chance=chance).savefig(
+                    f"{base}_curves.png", dpi=120)
             self.client.log_artifacts(self.run_id, tmp)
+
+    def set_description(self, text: str) -> None:
+        """The run's description in MLflow's UI (its ``mlflow.note.content`` tag), replaced."""
+        self.client.set_tag(self.run_id, NOTE_TAG, _truncate(text, MAX_TAG_VALUE_LENGTH))
 
     # ---- end of run ------------------------------------------------------- #
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
