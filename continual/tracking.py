@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import numbers
-import re
 import tempfile
 import time
 import warnings
@@ -37,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.figures import curves, heatmap
+from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
 from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
                              source_tags, sqlite_path)
 
@@ -48,64 +48,8 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 NOTE_TAG = "mlflow.note.content"  # a run's description
 
 # MLflow's own limits (mlflow.utils.validation); exceeding them makes the whole call fail.
-MAX_PARAM_VALUE_LENGTH = 6000
-MAX_TAG_VALUE_LENGTH = 8000
-MAX_KEY_LENGTH = 250
 _MAX_PARAMS_TAGS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
-
-def _truncate(value: str, limit: int) -> str:
-    """Cut `value` to at most `limit` characters, marking the cut so it is not mistaken."""
-    if len(value) <= limit:
-        return value
-    marker = f"...[truncated {len(value)} chars]"
-    return value[: limit - len(marker)] + marker
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (str, bytes)) or not isinstance(value, (Mapping, Sequence))
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
-    """Flatten a nested config into MLflow params: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``.
-
-    Lists of scalars stay one value (``"[1, 2, 3]"``: a list of 100 class names should not
-    become 100 params); lists that contain mappings or lists are expanded by index
-    (``"layers.0.width"``). Empty mappings/lists are kept as ``"{}"`` / ``"[]"``.
-    Values are strings, cut to MLflow's 6000-character limit with a visible marker.
-    Works on OmegaConf containers too (DictConfig is a Mapping, ListConfig a Sequence).
-    """
-    out: dict[str, str] = {}
-
-    def visit(value: Any, key: str) -> None:
-        if isinstance(value, Mapping):
-            if not value and key:
-                out[key] = "{}"
-            for k, v in value.items():
-                visit(v, f"{key}.{k}" if key else str(k))
-        elif not _is_scalar(value):
-            items = list(value)
-            if all(_is_scalar(v) for v in items):
-                out[key] = _truncate(str(items), MAX_PARAM_VALUE_LENGTH)
-            else:
-                for i, v in enumerate(items):
-                    visit(v, f"{key}.{i}")
-        else:
-            out[key] = _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
-
-    visit(d, prefix)
-    return out
-
-
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def _safe_key(name: str) -> str:
-    """Make `name` a valid MLflow metric/param/tag key (Avalanche names keep their '/')."""
-    key = _BAD_KEY_CHARS.sub("_", str(name))
-    key = re.sub(r"/+", "/", key).strip("/")  # MLflow rejects non-normalized paths
-    return key[:MAX_KEY_LENGTH] or "_"
-
 
 def _as_number(value: Any) -> float | None:
     """A float for int/float/bool/numpy scalars/0-d tensors, None for anything else."""
@@ -241,7 +185,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         """Params not yet on a re-opened run; warn about those whose value changed."""
         new = {}
         for key, value in flat.items():
-            old = existing.get(_safe_key(key))
+            old = existing.get(safe_key(key))
             if old is None:
                 new[key] = value
             elif old != value:
@@ -252,9 +196,9 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         return new
 
     def _log_params_and_tags(self, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
-        param_list = [Param(_safe_key(k), v) for k, v in params.items()]
+        param_list = [Param(safe_key(k), v) for k, v in params.items()]
         tag_list = [
-            RunTag(_safe_key(k), _truncate(v, MAX_TAG_VALUE_LENGTH)) for k, v in tags.items()
+            RunTag(safe_key(k), truncate(v, MAX_TAG_VALUE_LENGTH)) for k, v in tags.items()
         ]
         # MLflow caps params + tags per batch at 100 together.
         for chunk in _chunks(param_list, _MAX_PARAMS_TAGS_PER_BATCH):
@@ -300,7 +244,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             number = _as_number(value)
             if number is None or math.isnan(number):
                 continue
-            entities.append(Metric(_safe_key(name), number, now, int(step)))
+            entities.append(Metric(safe_key(name), number, now, int(step)))
         for chunk in _chunks(entities, _MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 
@@ -321,7 +265,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         if _as_number(value) is not None:
             self._log_numbers([(name, value, x_plot)])
             return
-        artifact_file = f"avalanche/{_safe_key(name)}/step_{int(x_plot):06d}.png"
+        artifact_file = f"avalanche/{safe_key(name)}/step_{int(x_plot):06d}.png"
         if isinstance(value, Figure):
             self.client.log_figure(self.run_id, value, artifact_file)
         elif isinstance(value, Image.Image):
@@ -391,7 +335,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
     def set_description(self, text: str) -> None:
         """The run's description in MLflow's UI (its ``mlflow.note.content`` tag), replaced."""
-        self.client.set_tag(self.run_id, NOTE_TAG, _truncate(text, MAX_TAG_VALUE_LENGTH))
+        self.client.set_tag(self.run_id, NOTE_TAG, truncate(text, MAX_TAG_VALUE_LENGTH))
 
     # ---- end of run ------------------------------------------------------- #
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
