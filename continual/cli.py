@@ -25,7 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # key=value overrides may come after flags (argparse stops the positional list at a flag)
     args, extra = parser.parse_known_args(argv)
     if extra:
-        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs"}.get(getattr(args, "command", None))
+        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs", "sweep": "configs"}.get(
+            getattr(args, "command", None))
         if target is None or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         setattr(args, target, list(getattr(args, target)) + extra)
@@ -59,12 +60,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="start a new run even if an unfinished one exists")
     run.set_defaults(handler=cmd_run)
 
-    cmp_ = sub.add_parser("compare", help="run several configs into one MLflow experiment; print a table",
-                          description="Run every CONFIG with the same overrides (e.g. seed, stream, "
-                                      "tracking.experiment) and print a Markdown table of their summaries.")
-    cmp_.add_argument("configs", nargs="+", help="YAML configs, then key=value overrides applied to all")
-    cmp_.add_argument("--progress", action="store_true", help="show progress bars")
-    cmp_.set_defaults(handler=cmd_compare)
+    swp = sub.add_parser("sweep", help="configs x override values x seeds as one MLflow parent run, with the comparison",
+                         description="Run the grid of CONFIGs x comma-separated override values (key=a,b) x seeds as "
+                                     "one MLflow parent run with every run nested under it; the parent holds each "
+                                     "group's mean, std and n over seeds after every session, the comparison table "
+                                     "(mean ± std, 95%% intervals, paired tests against --baseline) and figures. The "
+                                     "same command again skips finished runs and resumes unfinished ones.")
+    swp.add_argument("configs", nargs="+", help="YAML files or shipped config names, then key=value or key=a,b overrides")
+    swp.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3,7 (default: each config's own seed)")
+    swp.add_argument("--jobs", type=int, default=1, help="runs side by side on this machine (the cores divided between them)")
+    swp.add_argument("--executor", default="local", help="local (default), slurm (submitit; a pre-empted run resumes) "
+                     "or submitit-local (submitit's local executor)")
+    swp.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="submitit parameter, e.g. slurm_partition=gpu, timeout_min=120, gpus_per_node=1 (repeatable)")
+    swp.add_argument("--baseline", default="finetune", help="the group the others are tested against (default finetune)")
+    swp.add_argument("--metrics", help="table columns, comma-separated metric names (default: the stream's own)")
+    swp.add_argument("--name", help="the parent run's name")
+    swp.set_defaults(handler=cmd_sweep)
+
+    cmp_ = sub.add_parser("compare", help="a sweep with each config's own seed: several configs, one parent run, one table",
+                          description="`continual sweep CONFIGS...` with each config's own seed.")
+    cmp_.add_argument("configs", nargs="+", help="YAML files or shipped config names, then key=value overrides")
+    cmp_.add_argument("--baseline", default="finetune")
+    cmp_.set_defaults(handler=cmd_sweep, seeds=None, jobs=1, executor="local", executor_option=[], metrics=None, name=None)
+
+    rep_ = sub.add_parser("report", help="the comparison table of runs already in an MLflow store (no training)",
+                          description="Group the finished runs of an experiment (or of a sweep's parent run) by config "
+                                      "without the seed and print the comparison table: mean ± std over seeds, 95%% "
+                                      "intervals, paired t-test and Wilcoxon against --baseline.")
+    rep_.add_argument("target", help="an experiment name, or a sweep's parent run id")
+    rep_.add_argument("--baseline", help="the group the others are tested against (default: finetune, where present)")
+    rep_.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    rep_.add_argument("--metrics", help="table columns, comma-separated metric names (default: the stream's own)")
+    rep_.add_argument("--tracking-uri", help="the store (default: the sqlite store of --output-dir)")
+    rep_.add_argument("--output-dir", default="outputs", help="the runs' output_dir (default: outputs)")
+    rep_.set_defaults(handler=cmd_report)
 
     pre = sub.add_parser("pretrain", help="build a base model offline (contrastive training on image-caption pairs)")
     pre.add_argument("config", nargs="?", help="pretrain YAML (default: the built-in 'lit' recipe)")
@@ -156,14 +186,35 @@ def final_report(result, cfg) -> str:
     return "\n".join(lines)
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from continual.compare import compare, table
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from continual.sweep import parse_seeds, sweep
 
     configs = [a for a in args.configs if "=" not in a]
     overrides = [a for a in args.configs if "=" in a]
-    results = compare(configs, overrides, progress=args.progress)
+    if not configs:
+        configs = [DEFAULT_CONFIG]
+    options = {}
+    for item in args.executor_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
+        options[key] = int(value) if value.isdigit() else value
+    result = sweep(configs, overrides, parse_seeds(args.seeds) if args.seeds else None, jobs=args.jobs,
+                   executor=args.executor, baseline=args.baseline or None, name=args.name,
+                   metrics=args.metrics.split(",") if args.metrics else None, executor_options=options)
     print()
-    print(table(results))
+    print(result.table.markdown())
+    print(f"MLflow run {result.parent_id} in {result.tracking_uri} (the sweep; its groups and runs are nested under it)")
+    return 0 if all(o.status == "FINISHED" for o in result.outcomes) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from continual.report import from_store
+    from continual.store import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.output_dir)
+    table = from_store(args.target, uri, args.baseline, args.metrics.split(",") if args.metrics else None)
+    print(table.render(args.format), end="")
     return 0
 
 

@@ -7,7 +7,8 @@ has not trained on yet (zero-shot on future data): the heatmap sets those cells 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -46,7 +47,32 @@ def heatmap(
     size = (max(4.5, 1.05 * cols + 3.0), max(3.2, (0.75 if std is not None else 0.55) * rows + 2.0))
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    _draw_heatmap(fig, fig.add_subplot(), R, row_labels, col_labels, title, scale, std, chance, value_label, staircase)
+    return fig
+
+
+def matrix_grid(matrices: Sequence[tuple[str, Any]], columns: int = 2) -> Optional[Figure]:
+    """One heatmap per group (``(label, m)`` with ``m.mean``, ``m.std``, ``m.n``, ``m.rows``,
+    ``m.columns``: a session matrix averaged over seeds), mean ± std in every cell."""
+    if not matrices:
+        return None
+    rows = math.ceil(len(matrices) / columns)
+    first = matrices[0][1]
+    width = max(4.5, 1.05 * len(first.columns) + 3.0)
+    height = max(3.2, 0.75 * len(first.rows) + 2.0)
+    fig = Figure(figsize=(width * min(columns, len(matrices)), height * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (label, m) in enumerate(matrices):
+        ax = fig.add_subplot(rows, min(columns, len(matrices)), k + 1)
+        _draw_heatmap(fig, ax, m.mean, m.rows, m.columns, f"{label}: mean ± std over {m.n} seeds", PERCENT, m.std,
+                      None, "accuracy or R@1 (%)", True)
+    return fig
+
+
+def _draw_heatmap(fig: Figure, ax: Any, R: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+                  title: str, scale: Optional[tuple[float, float]], std: Optional[np.ndarray],
+                  chance: Optional[float | Sequence[float]], value_label: str, staircase: bool) -> None:
+    rows, cols = R.shape
     finite = R[np.isfinite(R)]
     if scale is None:
         scale = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -82,6 +108,30 @@ def heatmap(
     ax.set_xlabel("test data of" + ("   (hatched: not trained on yet)" if staircase else ""))
     ax.set_ylabel("model")
     ax.set_title(title)
+
+
+def bands(groups: Sequence[tuple[str, Mapping[str, Mapping[int, Any]]]], metric: str, title: str) -> Figure:
+    """``metric`` after every session, one line per group (its mean over seeds) inside a band of
+    ± one std; ``groups`` holds (label, {metric: {session: Summary}})."""
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, aggregates in groups:
+        by_step = aggregates.get(metric)
+        if not by_step:
+            continue
+        steps = sorted(by_step)
+        mean = np.array([by_step[s].mean for s in steps])
+        std = np.nan_to_num(np.array([by_step[s].std for s in steps]))
+        n = max(by_step[s].n for s in steps)
+        (line,) = ax.plot(steps, mean, marker="o", label=f"{label} (n={n})")
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("after session (0 = before training)")
+    ax.set_ylabel(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"{title}: mean over seeds, band ± 1 std")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 
