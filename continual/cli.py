@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "or submitit-local (submitit's local executor)")
     swp.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                      help="submitit parameter, e.g. slurm_partition=gpu, timeout_min=120, gpus_per_node=1 (repeatable)")
-    swp.add_argument("--baseline", default="finetune", help="the group the others are tested against (default finetune)")
+    swp.add_argument("--baseline", help="the group the others are tested against (default: finetune, where the grid has it)")
     swp.add_argument("--metrics", help="table columns, comma-separated metric names (default: the stream's own)")
     swp.add_argument("--name", help="the parent run's name")
     swp.set_defaults(handler=cmd_sweep)
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="a sweep with each config's own seed: several configs, one parent run, one table",
                           description="`continual sweep CONFIGS...` with each config's own seed.")
     cmp_.add_argument("configs", nargs="+", help="YAML files or shipped config names, then key=value overrides")
-    cmp_.add_argument("--baseline", default="finetune")
+    cmp_.add_argument("--baseline", help="the group the others are tested against (default: finetune, where present)")
     cmp_.set_defaults(handler=cmd_sweep, seeds=None, jobs=1, executor="local", executor_option=[], metrics=None, name=None)
 
     rep_ = sub.add_parser("report", help="the comparison table of runs already in an MLflow store (no training)",
@@ -200,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
         options[key] = int(value) if value.isdigit() else value
     result = sweep(configs, overrides, parse_seeds(args.seeds) if args.seeds else None, jobs=args.jobs,
-                   executor=args.executor, baseline=args.baseline or None, name=args.name,
+                   executor=args.executor, baseline=args.baseline, name=args.name,
                    metrics=args.metrics.split(",") if args.metrics else None, executor_options=options)
     print()
     print(result.table.markdown())

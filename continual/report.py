@@ -158,7 +158,7 @@ class Table:
 
     def csv(self) -> str:
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["group", "strategy", "metric", "unit", "n", "not_finished", "mean", "std", "ci95_low",
                          "ci95_high", "best", "best_significant", "baseline", "pairs", "diff", "diff_ci95_low",
                          "diff_ci95_high", "p_paired_t", "p_wilcoxon"])
@@ -279,6 +279,9 @@ def from_store(target: str, tracking_uri: str, baseline: Optional[str] = None,
     else:
         experiment_ids = [experiment.experiment_id]
     found = G.group(G.seed_runs(client, experiment_ids, within))
-    if baseline is None:
-        baseline = "finetune" if any(g.label == "finetune" or g.strategy == "finetune" for g in found) else None
+    if baseline is None:  # finetune, where the runs have exactly one such group
+        try:
+            baseline = find_group(found, "finetune").label
+        except UserError:
+            baseline = None
     return Table(found, columns_from(metrics, found), baseline, title=title_of(found))

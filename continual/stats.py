@@ -77,8 +77,8 @@ def paired(method: Mapping[int, float], baseline: Mapping[int, float]) -> Paired
     if d.size < 2:
         return Paired(int(d.size), float(d.mean()) if d.size else math.nan, math.nan, math.nan, math.nan, math.nan)
     low, high = t_interval(d)
-    if np.all(d == d[0]):  # no spread: the t statistic is undefined
-        p_t = 1.0 if d[0] == 0 else 0.0
+    if np.ptp(d) <= 16 * np.finfo(float).eps * np.abs(d).max():  # no spread beyond rounding: t is undefined
+        p_t = 1.0 if np.abs(d).max() == 0 else 0.0
     else:
         p_t = float(sps.ttest_rel([method[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
     p_w = 1.0 if np.all(d == 0) else float(sps.wilcoxon(d, zero_method="wilcox").pvalue)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from continual import groups as G
 from continual.config import load_config, to_dict
-from continual.errors import ConfigError
+from continual.errors import ConfigError, UserError
 from continual.params import as_params
 
 Echo = Callable[[str], None]
@@ -219,15 +219,16 @@ class SweepResult:
 
 
 def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
-          jobs: int = 1, executor: str = "local", baseline: Optional[str] = "finetune", name: Optional[str] = None,
+          jobs: int = 1, executor: str = "local", baseline: Optional[str] = None, name: Optional[str] = None,
           metrics: Optional[Sequence[str]] = None, echo: Echo = print,
           executor_options: Optional[dict] = None) -> SweepResult:
     """Run the grid (skipping finished children, resuming unfinished ones) and log the answer to
-    the parent run; returns it with the comparison table."""
+    the parent run; returns it with the comparison table. ``baseline``: the group the others are
+    tested against (None: finetune, where the grid has it)."""
     from mlflow import MlflowClient
 
     from continual import report
-    from continual.runner import config_fingerprint, plan, tracking_uri
+    from continual.runner import plan, tracking_uri
     from continual.store import check_tracking_uri
 
     if executor not in EXECUTORS:
@@ -243,30 +244,42 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     check_tracking_uri(uri)
     client = MlflowClient(uri)
 
+    baseline = _baseline(children, baseline)
     parent = _parent_run(uri, experiment, children, name, output_dir, configs, overrides, seeds)
     echo(f"sweep: {len(children)} runs in MLflow run {parent.run_id} ({uri}, experiment '{experiment}')")
     group_runs = _group_runs(client, parent, children, output_dir)
     todo = []
     for child in children:
-        group_id = group_runs[child.group_key]
-        done = [r for r in client.search_runs([parent.experiment_id], filter_string=(
-            f"tags.config_fingerprint = '{config_fingerprint(child.cfg)}' and tags.`{G.PARENT_TAG}` = '{group_id}'"))
-            if r.info.status == "FINISHED"]
-        if done:
-            echo(f"finished already: {child.name()}")
+        if _pending(client, parent.experiment_id, child, group_runs[child.group_key], output_dir):
+            todo.append((child, group_runs[child.group_key]))
         else:
-            todo.append((child, group_id))
+            echo(f"finished already: {child.name()}")
     outcomes = execute(todo, jobs, executor, Path(output_dir) / "sweeps" / parent.run_id, echo, executor_options)
 
     found = G.group(G.seed_runs(client, [parent.experiment_id], within=set(group_runs.values())))
-    table = report.Table(found, report.columns_from(metrics, found), baseline if _has(found, baseline) else None,
-                         title=report.title_of(found))
+    table = report.Table(found, report.columns_from(metrics, found), baseline, title=report.title_of(found))
     _log_answer(client, parent, found, group_runs, table)
     failed = sum(o.status != "FINISHED" for o in outcomes)
     parent.set_description(f"{len(found)} groups x {len(seeds or [0])} seeds"
                            + (f", {failed} runs failed" if failed else "") + ": " + report.describe(table))
     parent.finish("FINISHED")
     return SweepResult(parent.run_id, uri, table, outcomes)
+
+
+def _pending(client: Any, experiment_id: str, child: Child, group_id: str, output_dir: str) -> bool:
+    """Whether the child still has to run (or resume). A run of it that died before its first
+    checkpoint can never be resumed: it is deleted, so that every child ends with one run."""
+    from continual.checkpoint import STATE_FILE
+    from continual.runner import config_fingerprint
+
+    runs = client.search_runs([experiment_id], filter_string=(
+        f"tags.config_fingerprint = '{config_fingerprint(child.cfg)}' and tags.`{G.PARENT_TAG}` = '{group_id}'"))
+    if any(r.info.status == "FINISHED" for r in runs):
+        return False
+    for r in runs:
+        if not (Path(output_dir) / "checkpoints" / r.info.run_id / STATE_FILE).exists():
+            client.delete_run(r.info.run_id)
+    return True
 
 
 def _one(children: Sequence[Child], key: Callable[[DictConfig], Any], what: str, fix: str) -> Any:
@@ -277,8 +290,26 @@ def _one(children: Sequence[Child], key: Callable[[DictConfig], Any], what: str,
     return next(iter(values))
 
 
-def _has(found: list[G.Group], baseline: Optional[str]) -> bool:
-    return bool(baseline) and any(g.label == baseline or g.strategy == baseline for g in found)
+def _labelled_groups(children: Sequence[Child]) -> tuple[list[G.Group], dict[str, Child]]:
+    """The grid's groups, labelled as the report will label them, each with one of its children."""
+    representatives: dict[str, Child] = {}
+    for c in children:
+        representatives.setdefault(c.group_key, c)
+    records = [G.RunRecord("", "", "FINISHED", c.seed, as_params(to_dict(c.cfg)), {}) for c in representatives.values()]
+    return G.group(records), representatives
+
+
+def _baseline(children: Sequence[Child], baseline: Optional[str]) -> Optional[str]:
+    """The baseline group's name, checked before anything trains: one the user named must name
+    one group of the grid; without one, finetune where the grid has exactly one such group."""
+    labelled, _ = _labelled_groups(children)
+    if baseline is not None:
+        G.find_group(labelled, baseline)  # a one-line error naming the groups
+        return baseline
+    try:
+        return G.find_group(labelled, "finetune").label
+    except UserError:
+        return None
 
 
 def _parent_run(uri: str, experiment: str, children: Sequence[Child], name: Optional[str], output_dir: str,
@@ -306,11 +337,7 @@ def _group_runs(client: Any, parent: Any, children: Sequence[Child], output_dir:
 
     existing = {r.data.tags.get(GROUP_TAG): r.info.run_id for r in client.search_runs(
         [parent.experiment_id], filter_string=f"tags.`{G.PARENT_TAG}` = '{parent.run_id}' and tags.`{G.ROLE_TAG}` = 'group'")}
-    representatives: dict[str, Child] = {}
-    for c in children:
-        representatives.setdefault(c.group_key, c)
-    records = [G.RunRecord("", "", "FINISHED", c.seed, as_params(to_dict(c.cfg)), {}) for c in representatives.values()]
-    labelled = G.group(records)
+    labelled, representatives = _labelled_groups(children)
     out = {}
     for g in labelled:
         if g.key in existing:
