@@ -182,7 +182,7 @@ def final_report(result, cfg) -> str:
     lines += ["Summary after the last session:", format_summary(keys), ""]
     lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     if not cfg.tracking.uri:
-        lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then http://127.0.0.1:5000)")
+        lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then the link it prints)")
     return "\n".join(lines)
 
 
@@ -205,6 +205,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print()
     print(result.table.markdown())
     print(f"MLflow run {result.parent_id} in {result.tracking_uri} (the sweep; its groups and runs are nested under it)")
+    output_dir = result.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    if result.tracking_uri.startswith("sqlite:///"):
+        print(f"Open it: continual ui --output-dir {output_dir}, expand the sweep in the runs list, then the chart "
+              "view draws one curve per group; the table and figures are the sweep's artifacts")
     return 0 if all(o.status == "FINISHED" for o in result.outcomes) else 1
 
 
@@ -229,12 +233,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from continual.server import start_ui
+    from continual.server import start_ui, ui_url
     from continual.store import default_artifact_root, default_tracking_uri
 
     uri = default_tracking_uri(args.output_dir)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)")
+    print(f"MLflow UI for {uri} (Ctrl-C to stop); in its model-training view:")
+    for name, experiment_id in experiments(uri):
+        print(f"  {name:<24} {ui_url(args.port, experiment_id)}")
+    print(f"  {'(all experiments)':<24} {ui_url(args.port)}")
     return start_ui(uri, default_artifact_root(args.output_dir), args.port)
+
+
+def experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments with runs; none when the store does not exist yet."""
+    from continual.store import sqlite_path
+
+    db = sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if db is None or not db.exists():
+        return []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    return [(e.name, e.experiment_id) for e in client.search_experiments()
+            if client.search_runs([e.experiment_id], max_results=1)]
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

@@ -240,7 +240,8 @@ def describe(table: Table) -> str:
         if best is None:
             continue
         cell = table.cells[best.key, c.metric]
-        parts.append(f"{c.header}: {best.label} {_mean_std(cell.summary, c)} {c.unit}"
+        unit = c.unit if c.unit == "%" else f" {c.unit}"
+        parts.append(f"{c.header}: {best.label} {_mean_std(cell.summary, c)}{unit}"
                      + ("" if cell.marked else " (not significantly ahead)"))
     return "; ".join(parts)
 
