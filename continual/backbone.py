@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -87,9 +87,15 @@ class Backbone:
     image_trunk: Optional[nn.Module] = None
     text_trunk: Optional[nn.Module] = None
     base_meta: Optional[dict] = None
+    _fingerprints: dict = field(default_factory=dict, repr=False)  # frozen trunks: hashed once
 
     def fingerprint(self, part: str) -> str:
         """Content hash of a trunk's weights (or of the preprocessing alone): a cache key."""
+        if part not in self._fingerprints:
+            self._fingerprints[part] = self._hash(part)
+        return self._fingerprints[part]
+
+    def _hash(self, part: str) -> str:
         trunk = self.image_trunk if part == "image" else self.text_trunk
         h = hashlib.blake2b(digest_size=12)
         h.update(f"{self.name}|{part}|{self.preprocess if part == 'image' else ''}".encode())

@@ -6,7 +6,8 @@ training, random images of the model's size, ``classes`` class prompts) it measu
 
 - our training step (ClipStrategy fine-tuning: Avalanche's loop, our data loader, callbacks)
   against a bare open_clip loop doing the same computation (same model, batch, AdamW): the
-  throughput ratio (goal >= 0.95);
+  throughput ratio (goal >= 1.10: our step fuses the optimizer update, the bare loop uses
+  torch's default AdamW as open_clip users write it);
 - each method's step against fine-tuning's (goals: VR-LwF <= 1.6x, Mod-X <= 1.5x, CPE-CLIP
   <= 1x);
 - peak memory of a short session per method against fine-tuning's (goals: a teacher costs no
@@ -45,6 +46,9 @@ from torch import nn
 Echo = Callable[[str], None]
 STRATEGY_VARIANTS = ("finetune", "vrlwf", "modx", "cpe-clip")
 GOALS = {"vrlwf": 1.6, "modx": 1.5, "cpe-clip": 1.0}  # step time over fine-tuning's, at most
+THROUGHPUT_GOAL = 1.10  # our step's throughput over the bare open_clip loop's, at least
+FLOPS_GOAL = 0.55  # the step's FLOP/s over one large matrix product's, at least
+SESSIONS_GOAL = 1.2  # a run of many sessions over one of few on the same data, at most
 TEACHER_ALLOWANCE = 1.01  # frozen copies: its weights, plus the batch's teacher features
 CLASS_NAMES = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
@@ -359,27 +363,30 @@ class RunCost:
     evaluation: float
 
 
-def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = ()) -> list[RunCost]:
+def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = (), rounds: int = 3) -> list[RunCost]:
     """``continual run`` (finetune, configs/default.yaml's experiment: the LiT base, cached
-    features) with the same total data cut into ``sessions`` sessions."""
+    features) with the same total data cut into ``sessions`` sessions; the session counts
+    alternate within each of ``rounds`` rounds (in a rotated order), and each count's median
+    round is kept."""
     from continual.config import load_config
     from continual.runner import run
 
-    costs = []
+    measured: dict[int, list[RunCost]] = {t: [] for t in sessions}
     with tempfile.TemporaryDirectory(prefix="continual-bench-") as tmp:
         echo("  a first run, not counted (loads the towers, the cached features, MLflow's store code) ...")
         run(load_config(None, [f"output_dir={tmp}/warm-up", f"stream.n_sessions={sessions[0]}", "train.epochs=1",
                                "tracking.experiment=bench", *overrides]), echo=lambda _: None, progress=False)
-        for t in sessions:
-            echo(f"  run with {t} sessions ...")
-            cfg = load_config(None, [f"output_dir={tmp}/{t}", f"stream.n_sessions={t}", "train.epochs=20",
-                                     "tracking.experiment=bench", *overrides])
-            start = time.perf_counter()
-            result = run(cfg, echo=lambda _: None, progress=False)
-            total = time.perf_counter() - start
-            costs.append(RunCost(t, total, sum(s.get("train_seconds", 0.0) for s in result.sessions),
-                                 sum(s["eval_seconds"] for s in result.sessions)))
-    return costs
+        for r in range(rounds):
+            for t in sessions[r % len(sessions):] + sessions[:r % len(sessions)]:  # each count first once
+                echo(f"  round {r + 1}/{rounds}: run with {t} sessions ...")
+                cfg = load_config(None, [f"output_dir={tmp}/{r}-{t}", f"stream.n_sessions={t}", "train.epochs=20",
+                                         "tracking.experiment=bench", *overrides])
+                start = time.perf_counter()
+                result = run(cfg, echo=lambda _: None, progress=False)
+                total = time.perf_counter() - start
+                measured[t].append(RunCost(t, total, sum(s.get("train_seconds", 0.0) for s in result.sessions),
+                                           sum(s["eval_seconds"] for s in result.sessions)))
+    return [sorted(runs, key=lambda c: c.total)[(len(runs) - 1) // 2] for runs in measured.values()]
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -399,7 +406,8 @@ def report(results: list[ModelResult], costs: list[RunCost], device: str, precis
                       f"(median), {p.rounds} round(s)"]
         ratio = res.median("bare") / ft
         lines.append(f"  our step vs bare open_clip loop: throughput {ratio:.3f} of the bare loop's  "
-                     f"[goal >= 0.95: {_goal(ratio >= 0.95)}]   (bare {res.median('bare'):.3f} s, ours {ft:.3f} s)")
+                     f"[goal >= {THROUGHPUT_GOAL}: {_goal(ratio >= THROUGHPUT_GOAL)}]   (bare {res.median('bare'):.3f} s, "
+                     f"ours {ft:.3f} s)")
         for variant, goal in GOALS.items():
             r = res.median(variant) / ft
             lines.append(f"  {variant:<9} step / fine-tuning step: {r:.2f}x  [goal <= {goal}x: {_goal(r <= goal)}]")
@@ -419,10 +427,12 @@ def report(results: list[ModelResult], costs: list[RunCost], device: str, precis
         cpe = res.peak_bytes["cpe-clip"] / base
         lines.append(f"    cpe-clip  {cpe:.2f}x fine-tuning  [goal <= 1: {_goal(cpe <= 1.0)}]")
         achieved = res.step_flops / ft
+        share = achieved / res.matmul_flops_per_s
         lines.append(f"  FLOP/s: the step does {res.step_flops / 1e9:,.1f} GFLOP; ours reaches "
-                     f"{achieved / 1e9:,.1f} GFLOP/s = {achieved / res.matmul_flops_per_s:.2f} of one large "
+                     f"{achieved / 1e9:,.1f} GFLOP/s = {share:.2f} of one large "
                      f"matrix product's {res.matmul_flops_per_s / 1e9:,.1f} GFLOP/s (bare loop: "
-                     f"{res.step_flops / res.median('bare') / res.matmul_flops_per_s:.2f})")
+                     f"{res.step_flops / res.median('bare') / res.matmul_flops_per_s:.2f})  "
+                     f"[goal >= {FLOPS_GOAL}: {_goal(share >= FLOPS_GOAL)}]")
         if res.profile:
             lines.append("  where fine-tuning's session time goes: " + ", ".join(
                 f"{kind} {share:.0%}" for kind, share in res.profile.items()))
@@ -433,16 +443,22 @@ def report(results: list[ModelResult], costs: list[RunCost], device: str, precis
         for c in costs:
             other = c.total - c.train - c.evaluation
             share = c.evaluation / max(c.train + c.evaluation, 1e-9)
+            goal = (f"  [goal <= {SESSIONS_GOAL}x: {_goal(c.total / first.total <= SESSIONS_GOAL)}]"
+                    if c is costs[-1] and len(costs) > 1 else "")
             lines.append(f"  {c.sessions:>3} sessions: cost {c.total / first.total:.2f}x the {first.sessions}-session run "
                          f"({c.total:.1f} s: train {c.train:.1f}, evaluation {c.evaluation:.1f}, the rest "
-                         f"{other:.1f}); evaluation is {share:.0%} of training + evaluation")
+                         f"{other:.1f}); evaluation is {share:.0%} of training + evaluation{goal}")
     return "\n".join(lines)
 
 
 def bench(models: list[str], device: str = "cpu", precision: str = "fp32", sessions: Optional[list[int]] = None,
-          threads: int = 1, profile: bool = False, echo: Echo = print, **plan_overrides: Any) -> str:
+          threads: int = 1, profile: bool = False, echo: Echo = print, features: bool = False,
+          first_run: bool = False, **plan_overrides: Any) -> str:
     """Measure every model of ``models`` and the session scaling; return the report. ``threads``:
-    torch's intra-op threads on the CPU (0 = torch's default)."""
+    torch's intra-op threads on the CPU (0 = torch's default). ``features``: frozen-trunk
+    features against a bare loop; ``first_run``: a first run's time to training, empty cache
+    (see :mod:`continual.bench_features`)."""
+    from continual import bench_features
     import warnings
 
     warnings.filterwarnings("ignore", message="no QP solver")
@@ -456,6 +472,12 @@ def bench(models: list[str], device: str = "cpu", precision: str = "fp32", sessi
             echo(f"benchmarking {name} on {device} ...")
             results.append(bench_model(plan_for(name, **plan_overrides), dev, precision, echo, profile))
         costs = run_costs(sessions, echo) if sessions else []
-        return report(results, costs, device, precision)
+        feats = None
+        if features:
+            echo("benchmarking frozen-trunk features ...")
+            feats = bench_features.bench_features(echo)
+        first = bench_features.first_run_seconds(echo) if first_run else None
+        return "\n".join([report(results, costs, device, precision),
+                          *bench_features.report_lines(feats, first)])
     finally:
         torch.set_num_threads(before)

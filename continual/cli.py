@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--steps", type=int, help="timed steps per session (default: 8 for tiny-vit, 3 otherwise)")
     ben.add_argument("--rounds", type=int, help="sessions per variant, interleaved (default: 2 for tiny-vit, 1 otherwise)")
     ben.add_argument("--profile", action="store_true", help="also show where fine-tuning's step time goes")
+    ben.add_argument("--no-features", dest="features", action="store_false",
+                     help="skip frozen-trunk feature extraction against a bare inference loop")
+    ben.add_argument("--first-run", action="store_true", help="also time a first `continual run` on an empty cache "
+                     "up to its first training step (minutes; an absolute time: use a quiet machine)")
     ben.add_argument("--sessions", default="2,5,10", help="session counts of the run-cost comparison, comma-separated "
                      "('' to skip; default 2,5,10)")
     ben.set_defaults(handler=cmd_bench)
@@ -289,7 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     text = bench(models, device=args.device, precision=args.precision, sessions=numbers(args.sessions), threads=args.threads,
-                 profile=args.profile,
+                 profile=args.profile, features=args.features, first_run=args.first_run,
                  echo=lambda line: print(line, file=sys.stderr, flush=True),
                  batch_size=args.batch_size, steps=args.steps, rounds=args.rounds)
     print(text)

@@ -105,6 +105,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     optimizer: str = "adamw"
+    # Fused optimizer kernels (AdamW, SGD) where torch has them for the device (CPU, CUDA):
+    # the same update in one pass over all parameters; false: torch's default loop.
+    fused: bool = True
     weight_decay: float = 0.0
     momentum: float = 0.9
     scheduler: str = "cosine"

@@ -16,9 +16,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from continual.atomic import atomic_write
+from continual.extract import BATCH_SIZE, TEXT_BATCH_SIZE, image_features, pad_token, text_features
 
 
 def cache_dir() -> Path:
@@ -40,11 +41,12 @@ class Transformed(Dataset):
 
 
 def image_inputs(dataset: Dataset, key: str, preprocess: Callable, trunk: Optional[nn.Module],
-                 fingerprint: str, batch_size: int = 128) -> Dataset | torch.Tensor:
+                 fingerprint: str, batch_size: int = BATCH_SIZE) -> Dataset | torch.Tensor:
     """The model's image inputs for every item of ``dataset`` (items are ``(PIL image, ...)``).
 
-    With a frozen ``trunk``: a tensor of trunk features, cached on disk under ``key`` (which must
-    identify the data: name, split and item indices) and the trunk/preprocess ``fingerprint``.
+    With a frozen ``trunk``: a tensor of trunk features (computed by
+    :func:`continual.extract.image_features`), cached on disk under ``key`` (which must identify
+    the data: name, split and item indices) and the trunk/preprocess ``fingerprint``.
     Without: a lazy dataset of preprocessed pixels.
     """
     if trunk is None:
@@ -53,15 +55,13 @@ def image_inputs(dataset: Dataset, key: str, preprocess: Callable, trunk: Option
     cached = _load(path)
     if cached is not None:
         return cached
-    loader = DataLoader(Transformed(dataset, preprocess), batch_size=batch_size, shuffle=False)
-    with torch.no_grad():
-        feats = torch.cat([trunk(x) for x in loader]) if len(dataset) else torch.empty(0)
+    feats = image_features(trunk, Transformed(dataset, preprocess), batch_size)
     _save(path, feats)
     return feats
 
 
 def text_inputs(texts: Sequence[str], tokenizer: Callable, trunk: Optional[nn.Module],
-                fingerprint: str, batch_size: int = 256) -> torch.Tensor:
+                fingerprint: str, batch_size: int = TEXT_BATCH_SIZE) -> torch.Tensor:
     """Token ids for ``texts``, or, with a frozen text trunk, its features (cached on disk)."""
     tokens = tokenizer(list(texts))
     if trunk is None:
@@ -71,8 +71,13 @@ def text_inputs(texts: Sequence[str], tokenizer: Callable, trunk: Optional[nn.Mo
     cached = _load(path)
     if cached is not None:
         return cached
-    with torch.no_grad():
-        feats = torch.cat([trunk(t) for t in tokens.split(batch_size)]) if len(texts) else torch.empty(0)
+    pad = pad_token(trunk)
+    if pad is None:
+        with torch.inference_mode():
+            feats = torch.cat([trunk(t) for t in tokens.split(batch_size)]) if len(texts) else torch.empty(0)
+        feats = feats.clone()
+    else:
+        feats = text_features(trunk, tokens, pad, batch_size)
     _save(path, feats)
     return feats
 

@@ -110,7 +110,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.features import image_inputs, text_inputs
     from continual.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
-    from continual.store import check_tracking_uri, default_artifact_root
+    from continual.store import check_tracking_uri, default_artifact_root, open_in_background
     from continual.tracking import MLflowLogger
     from continual.training_curves import training_curves
 
@@ -135,6 +135,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     fingerprint = config_fingerprint(cfg)
     run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh, parent)
                                           if distributed.is_main() else None)
+    if distributed.is_main():
+        open_in_background(uri)  # ready by the time the data is
 
     distributed.local_first_begin()  # one process per machine builds the base and caches features first
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
@@ -213,6 +215,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
             if distributed.is_main() and k not in _logged_steps(uri, logger.run_id):  # crash between checkpoint and log
+                logger.hold_metrics(state.get("held_metrics", []))
                 log_row(k, sessions[k])
             first = k + 1
             echo(f"MLflow run {logger.run_id} in {uri}: resuming after session {k} of {T}")
@@ -244,7 +247,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 checkpoint.save(ckpt_dir, i, classifier.model, {
                     "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
                     "control": control_rows, "sessions": sessions,
-                    "strategy": strategy.resume_state(), "run_id": logger.run_id})
+                    "strategy": strategy.resume_state(), "run_id": logger.run_id,
+                    "held_metrics": logger.held_metrics()})  # the session's training curves, sent by log_row
             echo(describe_row(i, log_row(i, record)))
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}

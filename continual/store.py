@@ -173,6 +173,23 @@ def find_runs(tracking_uri: str, experiment: str, tag: str, value: str) -> list:
                               order_by=["attributes.start_time DESC"])
 
 
+def open_in_background(tracking_uri: str) -> None:
+    """Open the store on a background thread (a new sqlite store creates its tables: seconds),
+    so that it is ready when the run's logger needs it; MLflow keeps one store per URI. An
+    error is left for the logger to raise."""
+    import threading
+
+    def open_store() -> None:
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=tracking_uri)._tracking_client.store
+        except Exception:
+            pass
+
+    threading.Thread(target=open_store, name="continual-open-store", daemon=True).start()
+
+
 def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
     """The steps at which ``key`` was logged in ``run_id``."""
     from mlflow import MlflowClient

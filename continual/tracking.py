@@ -35,6 +35,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from continual.background import LatestWins
 from continual.figures import curves, heatmap
 from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
 from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
@@ -69,6 +70,16 @@ def _chunks(items: Sequence[Any], size: int):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# A matrix's figures are redrawn at most this often (seconds; the latest always at finish): a
+# heatmap and its curves take ~0.5 s of Python on the 2-core build machine, which a run of many
+# short sessions would otherwise spend after each of them (see continual.background).
+FIGURE_INTERVAL = 5.0
+
+
+def _figure_worker() -> LatestWins:
+    return LatestWins("continual-figures", min_interval=FIGURE_INTERVAL)
 
 
 # --------------------------------------------------------------------------- #
@@ -106,6 +117,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         :param experiment: created when missing (restored when deleted).
         :param run_name: name of a new run (ignored when re-opening `run_id`).
         :param run_id: re-open this run instead of starting one; it is set back to RUNNING.
+            A (metric, step) it already holds is not logged again (a resumed session that
+            repeats what a crashed one logged logs each value once).
         :param tags: extra run tags; ``version.<pkg>`` and ``git_commit`` are always added.
         :param params: nested config, logged flattened (see :func:`flatten`). On resume,
             params already on the run are kept (MLflow params are immutable); a changed
@@ -118,6 +131,9 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._finished = False
+        self._metrics: list[Metric] = []  # logged, not yet sent (see flush)
+        self._figures = _figure_worker()  # matrix figures, drawn off the training thread
+        self._sent: set[tuple[str, int]] = set()  # (metric, step) already in a re-opened run: not sent again
 
         if run_id is None:
             self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
@@ -143,6 +159,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         flat = flatten(params or {})
         if run_id is not None:
             flat = self._new_params(flat, run.data.params)
+            self._sent = {(key, m.step) for key in run.data.metrics
+                          for m in self.client.get_metric_history(run_id, key)}
         self._log_params_and_tags(flat, all_tags)
 
     def _unique_name(self, name: str) -> str:
@@ -210,17 +228,22 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
     def log_metrics(
         self, metrics: Mapping[str, Any] | Sequence[Any], step: int | None = None
     ) -> None:
-        """Log several metrics in one batched call.
+        """Log several metrics.
 
         Two callers share this name: our code passes a mapping ``{name: value}`` and a `step`;
         Avalanche's EvaluationPlugin passes a list of ``MetricValue`` (its BaseLogger API),
         each with its own ``x_plot`` used as step. None and NaN values are skipped; in the
         Avalanche case non-numeric values (images, figures) go to :meth:`log_single_metric`.
+
+        Avalanche's values (per epoch, many) are held and sent together with our code's next
+        mapping (the runner's: once per session), at :meth:`flush` or :meth:`finish`, or when
+        a batch's worth is held: one ``log_batch`` instead of one per epoch.
         """
         if isinstance(metrics, Mapping):
             if step is None:
                 raise TypeError("log_metrics(mapping) needs a step")
             self._log_numbers([(name, value, step) for name, value in metrics.items()])
+            self.flush_metrics()
             return
         # Avalanche: expand dict values like BaseLogger.log_metrics does.
         triples = []
@@ -238,15 +261,30 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         self._log_numbers(numeric)
 
     def _log_numbers(self, triples: Sequence[tuple[str, Any, int]]) -> None:
+        """Hold the numbers among ``triples`` (name, value, step) for the next send."""
         now = _now_ms()
-        entities = []
         for name, value, step in triples:
             number = _as_number(value)
-            if number is None or math.isnan(number):
+            if number is None or math.isnan(number) or (safe_key(name), int(step)) in self._sent:
                 continue
-            entities.append(Metric(safe_key(name), number, now, int(step)))
-        for chunk in _chunks(entities, _MAX_METRICS_PER_BATCH):
+            self._metrics.append(Metric(safe_key(name), number, now, int(step)))
+        if len(self._metrics) >= _MAX_METRICS_PER_BATCH:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Send the metrics held so far (in batches of MLflow's maximum size)."""
+        held, self._metrics = self._metrics, []
+        for chunk in _chunks(held, _MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
+
+    def held_metrics(self) -> list[tuple[str, float, int]]:
+        """The metrics held, not sent yet, as (name, value, step): what a checkpoint keeps so
+        that a run resumed before they were sent still sends each of them once."""
+        return [(m.key, m.value, m.step) for m in self._metrics]
+
+    def hold_metrics(self, triples: Sequence[tuple[str, float, int]]) -> None:
+        """Hold metrics (name, value, step) to send with the next ones (a checkpoint's, on resume)."""
+        self._log_numbers(triples)
 
     def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
         """Avalanche hook for one metric value.
@@ -302,22 +340,25 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         """Log a (possibly partial) session matrix of percentages as a CSV and two figures.
 
         - ``<name>.csv``: a header row (`row_header`, then `col_labels`), one row per
-          `row_labels` entry; values at full precision, NaN as ``nan``.
+          `row_labels` entry; values at full precision, NaN as ``nan``. Written now.
         - with `figures`: ``<name>_heatmap.png`` (every cell's value on a fixed 0-100 scale,
           sessions not trained on yet hatched, the `chance` level noted) and ``<name>_curves.png``
           (one line per column, a session's test data, against the rows, training progress).
+          Drawn and uploaded on a background thread, so that training goes on meanwhile, at
+          most every ``FIGURE_INTERVAL`` seconds: a newer matrix of the same `name` supersedes
+          one not drawn yet; :meth:`finish` (or :meth:`flush`) draws the latest and waits for it.
         Row i is e.g. "before training" / "after session i", column j "session j".
         Calling it again with the same `name` replaces the files. `name` may contain
         '/' to put them in a sub-directory.
         """
-        R = np.asarray(R, dtype=float)
+        R = np.array(R, dtype=float)  # a copy: the caller may fill more rows while it is drawn
         if R.ndim != 2 or R.shape != (len(row_labels), len(col_labels)):
             raise ValueError(
                 f"log_matrix({name!r}): matrix shape {R.shape} does not match "
                 f"{len(row_labels)} row labels x {len(col_labels)} column labels"
             )
         title = title or name
-        # Write everything first, upload once: a failure leaves no partial artifact set.
+        row_labels, col_labels = [str(r) for r in row_labels], [str(c) for c in col_labels]
         with tempfile.TemporaryDirectory(prefix="continual-matrix-") as tmp:
             base = Path(tmp, name)
             base.parent.mkdir(parents=True, exist_ok=True)
@@ -326,11 +367,21 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 writer.writerow([row_header, *col_labels])
                 for label, row in zip(row_labels, R):
                     writer.writerow([label, *(repr(float(v)) for v in row)])
-            if figures:
-                heatmap(R, row_labels, col_labels, title, chance=chance, value_label=value_label).savefig(
-                    f"{base}_heatmap.png", dpi=120)
-                curves(R, row_labels, col_labels, title, value_label, chance=chance).savefig(
-                    f"{base}_curves.png", dpi=120)
+            self.client.log_artifacts(self.run_id, tmp)
+        if figures:
+            self._figures.submit(name, lambda: self._draw_matrix(name, R, row_labels, col_labels, title,
+                                                                 value_label, chance))
+
+    def _draw_matrix(self, name: str, R: np.ndarray, row_labels: list[str], col_labels: list[str], title: str,
+                     value_label: str, chance: float | Sequence[float] | None) -> None:
+        """Draw both figures first, upload them together: a failure leaves no half-updated pair."""
+        with tempfile.TemporaryDirectory(prefix="continual-figures-") as tmp:
+            base = Path(tmp, name)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            heatmap(R, row_labels, col_labels, title, chance=chance, value_label=value_label).savefig(
+                f"{base}_heatmap.png", dpi=120)
+            curves(R, row_labels, col_labels, title, value_label, chance=chance).savefig(
+                f"{base}_curves.png", dpi=120)
             self.client.log_artifacts(self.run_id, tmp)
 
     def set_description(self, text: str) -> None:
@@ -338,15 +389,29 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         self.client.set_tag(self.run_id, NOTE_TAG, truncate(text, MAX_TAG_VALUE_LENGTH))
 
     # ---- end of run ------------------------------------------------------- #
-    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """End the run with `status` (FINISHED, FAILED or KILLED); later calls do nothing.
+    def flush(self) -> None:
+        """Send the metrics held and wait for the figures being drawn (raising their error)."""
+        self.flush_metrics()
+        self._figures.flush()
 
-        `error` is stored as the tag ``error``, collapsed to one line and truncated.
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Flush, then end the run with `status` (FINISHED, FAILED or KILLED); later calls do
+        nothing.
+
+        `error` is stored as the tag ``error``, collapsed to one line and truncated. A run that
+        ends FINISHED raises what the flush raised (and stays RUNNING: the caller then ends it
+        FAILED); one that ends otherwise only warns of it.
         """
         if self._finished:
             return
         status = status.upper()
         RunStatus.from_string(status)  # raises on a typo, before anything is written
+        try:
+            self.flush()
+        except Exception as exc:
+            if status == "FINISHED":
+                raise
+            warnings.warn(f"MLflow run {self.run_id}: could not send everything before ending it {status}: {exc}")
         if error:
             self.client.set_tag(self.run_id, "error", one_line(error, MAX_ERROR_LENGTH))
         self.client.set_terminated(self.run_id, status=status)
@@ -366,8 +431,10 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("client", None)
+        state.pop("_figures", None)  # a thread and its lock
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._figures = _figure_worker()

@@ -72,3 +72,48 @@ def probability_displacement(student_logits: torch.Tensor, teacher_logits: torch
 
     moved = gap(student_logits, teacher_logits)
     return max(moved, gap(student_logits.t(), teacher_logits.t())) if both_directions else moved
+
+
+def adamw_rounding(steps: int, grad_low: float, grad_high: float, lr: float, param_magnitude: float,
+                   dtype: torch.dtype = torch.float32) -> float:
+    """How far ``steps`` AdamW steps computed in ``dtype`` can land from the exact ones, per
+    parameter, when every gradient entry has grad_low <= |g| <= grad_high and parameters stay
+    below ``param_magnitude`` (gradients given, not computed from the parameters).
+
+    m_hat and v_hat are weighted means of the gradients (of their squares), built by a recurrence
+    of t steps: each term passes through at most 2 roundings per step, and the lerp form
+    m + w (g - m) rounds a difference up to twice the gradient's size, so their errors stay within
+    2 (2t + 3) eps of grad_high (of grad_high^2). The update u = m_hat / (sqrt(v_hat) + eps_adam)
+    has its denominator >= grad_low (v_hat is a mean of squares >= grad_low^2), so an error dm in
+    m_hat moves u by dm / grad_low, an error dv in v_hat moves sqrt by dv / (2 grad_low) and u by
+    |u| / grad_low times that; sqrt, the bias corrections, the division and the scaling by lr each
+    round once more (relative to |u| <= grad_high / grad_low). The parameter itself is rounded by
+    the weight decay's factor (itself rounded to ``dtype``), its product and the update's
+    subtraction: 3 eps of its size. Errors of earlier steps carry over
+    unchanged (the decay factor is <= 1), so the steps' bounds add up."""
+    e = eps(dtype)
+    u_max = grad_high / grad_low
+    total = 0.0
+    for t in range(1, steps + 1):
+        dm = 2 * (2 * t + 3) * e * grad_high
+        dv = 2 * (2 * t + 4) * e * grad_high ** 2
+        du = dm / grad_low + u_max * (dv / (2 * grad_low)) / grad_low + 5 * e * u_max
+        total += lr * du + 3 * e * (param_magnitude + lr * u_max)
+    return total
+
+
+def sgd_momentum_rounding(steps: int, grad_high: float, lr: float, momentum: float, weight_decay: float,
+                          param_magnitude: float, dtype: torch.dtype = torch.float32) -> float:
+    """How far ``steps`` SGD steps with momentum (buf = momentum buf + g + weight_decay p;
+    p -= lr buf) computed in ``dtype`` can land from the exact ones, per parameter, when
+    |g| <= grad_high and parameters stay below ``param_magnitude``.
+
+    The buffer after t steps is a momentum-weighted sum of t gradients, each term through at most
+    2 roundings per step: its error is within 2t eps of its size, at most G / (1 - momentum) with
+    G = grad_high + weight_decay * param_magnitude. The update lr buf rounds once more, and the
+    parameter's subtraction once. A parameter's error feeds back through the weight decay's term:
+    lr * weight_decay / (1 - momentum) of it per later step, a factor (1 + that * steps) in all."""
+    e = eps(dtype)
+    buf_max = (grad_high + weight_decay * param_magnitude) / (1 - momentum)
+    total = sum(lr * (2 * t + 1) * e * buf_max + 2 * e * (param_magnitude + lr * buf_max) for t in range(1, steps + 1))
+    return total * (1 + lr * weight_decay / (1 - momentum) * steps)

@@ -236,6 +236,81 @@ def test_reopen_run_id_continues_the_same_run(store: str) -> None:
         MLflowLogger(store, run_id="0" * 32)
 
 
+def test_a_resumed_run_logs_each_metric_and_step_once(store: str) -> None:
+    """A resumed session repeats what the crashed one logged: the store keeps the first value."""
+    first = MLflowLogger(store, experiment="resume-once")
+    first.log_metrics({"loss": 0.9}, step=0)
+    first.log_metrics({"loss": 0.8}, step=1)
+    first.finish("KILLED")
+    resumed = MLflowLogger(store, run_id=first.run_id)
+    resumed.hold_metrics([("loss", 0.8, 1)])  # e.g. a checkpoint's held metrics
+    resumed.log_metrics({"loss": 0.7}, step=2)
+    resumed.finish()
+    history = MlflowClient(store).get_metric_history(first.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 0.9), (1, 0.8), (2, 0.7)]
+
+
+def test_figures_are_drawn_off_the_callers_thread_latest_wins(store: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    release, drawn = threading.Event(), []
+
+    def slow_heatmap(R, *args, **kwargs):
+        release.wait(10)  # holds the worker until the test lets it go
+        drawn.append((threading.current_thread().name, R.copy()))
+        return real_heatmap(R, *args, **kwargs)
+
+    real_heatmap = tracking.heatmap
+    monkeypatch.setattr(tracking, "heatmap", slow_heatmap)
+    logger = MLflowLogger(store)
+    start = time.monotonic()
+    for k in range(1, 4):  # three rows in quick succession, while the first drawing is held
+        logger.log_matrix("m", R[:k], ROWS[:k], COLS)
+    assert time.monotonic() - start < 5  # nobody waited for a drawing
+    release.set()
+    logger.finish()
+    # the first drawing started at once; the second was replaced by the third before it began
+    assert [r.shape[0] for _, r in drawn] == [1, 3]
+    assert all(name == "continual-figures" for name, _ in drawn)
+    client = MlflowClient(store)
+    assert sorted(a.path for a in client.list_artifacts(logger.run_id)) == ["m.csv", "m_curves.png", "m_heatmap.png"]
+    _, labels, values = read_csv(client.download_artifacts(logger.run_id, "m.csv", str(tmp_path)))
+    np.testing.assert_array_equal(values, R)  # the CSV is written at once, every time
+
+
+def test_a_figure_that_fails_fails_finish_not_silently(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tracking, "heatmap", broken)
+    logger = MLflowLogger(store)
+    logger.log_matrix("m", R, ROWS, COLS)
+    with pytest.raises(OSError, match="disk full"):
+        logger.finish()
+    client = MlflowClient(store)
+    assert client.get_run(logger.run_id).info.status == "RUNNING"  # not FINISHED with a figure missing
+    logger.finish("FAILED", error="OSError: disk full")  # what the runner does next
+    assert client.get_run(logger.run_id).info.status == "FAILED"
+
+
+def test_avalanche_metrics_are_sent_in_one_batch_with_ours(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avalanche.evaluation.metric_results import MetricValue
+
+    logger = MLflowLogger(store)
+    calls = []
+    real = logger.client.log_batch
+    monkeypatch.setattr(logger.client, "log_batch", lambda *a, **k: calls.append(k.get("metrics")) or real(*a, **k))
+    for epoch in range(30):  # what Avalanche's evaluator sends after every training epoch
+        logger.log_metrics([MetricValue("Loss_Epoch", "Loss_Epoch/train_phase", 1.0 / (epoch + 1), epoch)])
+    assert calls == []  # held ...
+    logger.log_metrics({"acc": 0.5}, step=0)  # ... until our code logs the session's row
+    assert len(calls) == 1 and len(calls[0]) == 31
+    logger.finish()
+    history = MlflowClient(store).get_metric_history(logger.run_id, "Loss_Epoch/train_phase")
+    assert [m.step for m in history] == list(range(30))
+
+
 def test_logger_survives_pickling(store: str) -> None:
     """Avalanche checkpoints pickle the strategy, its loggers included."""
     logger = MLflowLogger(store)
