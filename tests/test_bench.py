@@ -32,3 +32,14 @@ def test_report_of_run_costs_is_relative_to_the_fewest_sessions():
     text = report([], [RunCost(2, 10.0, 4.0, 1.0), RunCost(5, 15.0, 4.0, 2.0)], "cpu", "fp32")
     assert "5 sessions: cost 1.50x the 2-session run" in text
     assert "evaluation is 20% of training + evaluation" in text
+
+
+def test_trunk_features_are_measured_against_a_bare_loop():
+    from continual.bench_features import bench_features, report_lines
+
+    result = bench_features(lambda _: None, rounds=1, per_class=2, pairs_every=300)
+    text = "\n".join(report_lines(result, {"base built": 50.0, "data ready": 70.0, "first training step": 80.0}))
+    for data in ("Fashion-MNIST (20 images)", "emoji + Tux Paint", "captions"):
+        assert re.search(rf"{re.escape(data)}.*: ours [\d,]+ (images|texts)/s, bare [\d,]+ (images|texts)/s: "
+                         r"\d+\.\d\dx the bare loop's", text), data
+    assert "first training step at 80 s  [goal <= 90 s on 2 cores: met]" in text

@@ -60,6 +60,10 @@ def test_killed_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_path
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), f"{key} logged twice for a step: {steps}"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "acc/session_1")) == [0, 1, 2, 3, 4]
+    for key in ("Loss_Epoch/train_phase/train_stream", "loss/task"):  # the training curves: every
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]  # epoch of 4 sessions, once
+        assert len(steps) == len(set(steps)) == 4 * 40, f"{key}: {len(steps)} values at {len(set(steps))} steps"
+    assert {"accuracy_matrix_heatmap.png", "accuracy_matrix_curves.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "accuracy_matrix.csv", "summary.json"} <= artifacts
 
