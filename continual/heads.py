@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from continual.backbone import is_image_param
+from continual.text_context import encode_text
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -94,7 +95,7 @@ class ClipClassifier(nn.Module):
         """Normalised mean over each class's templates of its normalised prompt features."""
         counts = self.counts[classes]
         rows = torch.tensor(self.prompt_rows(classes.tolist()), dtype=torch.long, device=self.text_inputs.device)
-        feats = F.normalize(self.model.encode_text(self.text_inputs[rows]), dim=-1)
+        feats = F.normalize(encode_text(self.model, self.text_inputs[rows]), dim=-1)  # padding cut: same features
         owner = torch.repeat_interleave(torch.arange(len(classes), device=feats.device), counts.to(feats.device))
         sums = torch.zeros(len(classes), feats.shape[1], dtype=feats.dtype, device=feats.device).index_add(0, owner, feats)
         return F.normalize(sums / counts.to(feats.device, feats.dtype)[:, None], dim=-1)

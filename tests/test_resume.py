@@ -125,3 +125,13 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert failed.info.status == "FAILED" and "training diverged" in failed.data.tags["error"]
     state = checkpoint.load(tmp_path / "checkpoints" / failed.info.run_id)
     assert state["session"] == 1  # the last good session is kept
+    # the figures drawn off the training thread show the last finished session: the crash flushed them
+    figures = {a.path for a in client.list_artifacts(failed.info.run_id)}
+    assert {"accuracy_matrix.csv", "accuracy_matrix_heatmap.png", "accuracy_matrix_curves.png"} <= figures
+    drawn = []
+    monkeypatch.setattr("continual.tracking.heatmap", lambda R, *a, **k: drawn.append(R.shape) or heatmap(R, *a, **k))
+    from continual.figures import heatmap
+
+    with pytest.raises(NonFiniteLossError):
+        run(make_config(tmp_path / "again", "control.name=null"), echo=lambda s: None, progress=False)
+    assert drawn[-1] == (2, 2)  # rows: before training, after session 1
