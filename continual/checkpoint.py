@@ -65,7 +65,11 @@ def load(folder: Path) -> Optional[dict]:
     if digest != state["weights_sha256"]:
         raise CheckpointError(f"checkpoint {path} is corrupted (checksum mismatch: truncated or altered); "
                               "start afresh with --fresh")
-    state["tensors"] = load_file(str(path))
+    try:  # safetensors only: a pickle or anything else is refused, never executed
+        state["tensors"] = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is not a safetensors file ({str(exc).splitlines()[0]}); "
+                              "start afresh with --fresh") from None
     return state
 
 
@@ -77,6 +81,12 @@ def restore(model: torch.nn.Module, checkpoint: dict) -> None:
     if set(tensors) != trainable:
         raise CheckpointError(f"checkpoint {checkpoint['weights_file']} does not match this model's trainable "
                               f"parameters ({len(tensors)} stored, {len(trainable)} expected); was the config changed?")
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    wrong = [n for n, t in tensors.items() if t.shape != shapes[n]]
+    if wrong:
+        raise CheckpointError(f"checkpoint {checkpoint['weights_file']} holds tensors of other shapes than this "
+                              f"model's ({len(wrong)}, e.g. {wrong[0]}: {list(tensors[wrong[0]].shape)} stored, "
+                              f"{list(shapes[wrong[0]])} expected); was the config changed? start afresh with --fresh")
     model.load_state_dict(tensors, strict=False)
     rng = checkpoint["rng"]
     state = rng["numpy"]
@@ -107,3 +117,11 @@ def _remove_older(folder: Path, keep: str) -> None:
     for old in folder.glob("session_*.safetensors"):
         if old.name != keep:
             old.unlink(missing_ok=True)
+
+
+def saved_session(folder: Path) -> Optional[int]:
+    """The session of the last complete checkpoint in ``folder`` (None if none), without loading it."""
+    try:
+        return int(json.loads((Path(folder) / STATE_FILE).read_text())["session"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -37,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.figures import curves, heatmap
+from continual.signals import uninterrupted
 from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, sqlite_path,
                              run_metadata)
 
@@ -141,6 +142,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
     minutes before it gives up.
     """
 
+    @uninterrupted  # an interrupt waits for the write to MLflow to end
     def __init__(
         self,
         tracking_uri: str,
@@ -157,6 +159,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         :param experiment: created when missing (restored when deleted).
         :param run_name: name of a new run (ignored when re-opening `run_id`).
         :param run_id: re-open this run instead of starting one; it is set back to RUNNING.
+            Metric points it already has are not logged again (a resumed run repeats the
+            steps after its checkpoint: each (metric, step) stays logged once).
         :param tags: extra run tags; ``version.<pkg>`` and ``git_commit`` are always added.
         :param params: nested config, logged flattened (see :func:`flatten`). On resume,
             params already on the run are kept (MLflow params are immutable); a changed
@@ -169,6 +173,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._finished = False
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) pairs the run has
 
         if run_id is None:
             self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
@@ -181,6 +186,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                     one_line(f"cannot re-open run {run_id} in {tracking_uri}: {e.message}", 2000)
                 ) from None
             self.experiment_id = run.info.experiment_id
+            self._logged = {(key, m.step) for key in run.data.metrics
+                            for m in self.client.get_metric_history(run_id, key)}
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         self.run_id: str = run.info.run_id
@@ -242,6 +249,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             self.client.log_batch(self.run_id, tags=chunk)
 
     # ---- metrics ---------------------------------------------------------- #
+    @uninterrupted
     def log_metrics(
         self, metrics: Mapping[str, Any] | Sequence[Any], step: int | None = None
     ) -> None:
@@ -272,17 +280,22 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 numeric.append((name, value, x_plot))
         self._log_numbers(numeric)
 
+    @uninterrupted
     def _log_numbers(self, triples: Sequence[tuple[str, Any, int]]) -> None:
+        """Log numbers as metric points; None, NaN and (metric, step) pairs already logged are skipped."""
         now = _now_ms()
         entities = []
         for name, value, step in triples:
             number = _as_number(value)
-            if number is None or math.isnan(number):
+            point = (_safe_key(name), int(step))
+            if number is None or math.isnan(number) or point in self._logged:
                 continue
-            entities.append(Metric(_safe_key(name), number, now, int(step)))
+            entities.append(Metric(point[0], number, now, point[1]))
         for chunk in _chunks(entities, _MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
+            self._logged.update((m.key, m.step) for m in chunk)
 
+    @uninterrupted
     def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
         """Avalanche hook for one metric value.
 
@@ -312,6 +325,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             self.client.log_image(self.run_id, np.clip(array, 0.0, 1.0), artifact_file=artifact_file)
 
     # ---- artifacts -------------------------------------------------------- #
+    @uninterrupted
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write `text` to the run's artifact `artifact_file` (replacing an earlier one)."""
         self.client.log_text(self.run_id, text, artifact_file)
@@ -322,6 +336,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
     log_dict = log_json
 
+    @uninterrupted
     def log_matrix(
         self,
         name: str,
@@ -365,6 +380,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             self.client.log_artifacts(self.run_id, tmp)
 
     # ---- end of run ------------------------------------------------------- #
+    @uninterrupted
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """End the run with `status` (FINISHED, FAILED or KILLED); later calls do nothing.
 
