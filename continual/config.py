@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
 from continual.errors import ConfigError
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
@@ -179,15 +179,22 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (give the path of a YAML file, e.g. configs/default.yaml)")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors are multi-line: keep the first line
             raise ConfigError(f"{path}: not valid YAML: {_first_line(exc)}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level is a list; a config is a mapping of sections "
+                              "(model:, stream:, train:, ...), as in configs/default.yaml")
+        if not loaded:  # a run of the schema's defaults is never what an empty file meant
+            raise ConfigError(f"{path} is empty (it sets nothing); give a config such as configs/default.yaml")
+        layers.append(loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.merge(*layers)
+        OmegaConf.to_container(cfg, resolve=True)  # every ${...} interpolation resolves
     except OmegaConfBaseException as exc:
         raise _explain(exc) from None
     validate(cfg)
@@ -196,6 +203,8 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
 
 def validate(cfg: DictConfig) -> None:
     """Range and name checks the schema's types cannot express."""
+    if not 0 <= cfg.seed < 2**32:  # numpy's and scikit-learn's seeds
+        raise ConfigError(f"seed must be in 0..{2**32 - 1}, got {cfg.seed}")
     _positive(cfg, "stream.n_sessions", "train.batch_size", "eval.batch_size")
     _positive(cfg, "train.accumulation_steps")
     _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps", "train.iterations", "train.workers",
@@ -277,6 +286,9 @@ def _explain(exc: OmegaConfBaseException, prefix: str = "", allowed: List[str] |
         if m:
             return ConfigError(f"{key}: expected {m.group(2)}, got '{m.group(1)}'")
         return ConfigError(f"{key}: {msg}" + (f" (expected {expected})" if expected else ""))
+    if isinstance(exc, InterpolationResolutionError):
+        return ConfigError(f"{key or 'config'}: {_first_line(exc)}; fix the ${{...}} reference "
+                           "(a dotted key from the top of the config, e.g. ${model.name})")
     return ConfigError(f"{key or 'config'}: {_first_line(exc)}")
 
 

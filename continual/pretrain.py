@@ -80,10 +80,14 @@ def base_path(cfg: PretrainConfig) -> Path:
     return cache_dir() / "bases" / f"{cfg.name}-{digest}.safetensors"
 
 
-def resolve_base(name: str, echo: Callable[[str], None] = print) -> Path:
-    """The file of built-in base ``name``, building it first if it is not cached."""
+def check_base(name: str) -> None:
     if name not in BASES:
         raise ConfigError(f"model.pretrained: unknown base 'base:{name}'; choose one of: {', '.join('base:' + b for b in BASES)}")
+
+
+def resolve_base(name: str, echo: Callable[[str], None] = print) -> Path:
+    """The file of built-in base ``name``, building it first if it is not cached."""
+    check_base(name)
     path = base_path(BASES[name])
     if not path.exists():
         echo(f"base '{name}' not built yet: building it now (once; cached in {path.parent})")

@@ -27,12 +27,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, distributed
+from continual import checkpoint, distributed, faults
 from continual import metrics as M
-from continual.config import strategy_params, to_dict, to_yaml
+from continual.config import to_dict, to_yaml
 from continual.context import StrategyContext
-from continual.errors import ConfigError, UserError
-from continual.registry import CONTROLS, STRATEGIES, STREAMS
+from continual.errors import UserError
+from continual.locks import RunLock
+from continual.preflight import check_fit, preflight, task_loss, tracking_uri  # noqa: F401 (check_fit: API)
+from continual.registry import CONTROLS
+from continual.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
 
@@ -60,11 +63,10 @@ def seed_everything(seed: int) -> None:
 
 
 def plan(cfg: DictConfig) -> list[str]:
-    """The run's plan, from the config and the data (no model is built, nothing trains)."""
-    strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
-    params = strategy_params(cfg, strategy_cls.Params)
-    stream = STREAMS.get(cfg.stream.name, "stream.name")(cfg.stream, cfg.seed)
-    check_fit(cfg, strategy_cls, stream)
+    """The run's plan, from the config and the data (no model is built, nothing trains), after the
+    checks a real run makes (absent data aside: the plan then shows nominal counts)."""
+    checked = preflight(cfg, strict=False)
+    strategy_cls, params, stream = checked.strategy_cls, checked.params, checked.stream
     templates = ("the stream's own, per class" if stream.templates is not None
                  else "captions as they are" if stream.kind == "pairs" else list(cfg.model.templates))
     lines = [f"model {cfg.model.name} (pretrained: {cfg.model.pretrained or 'random init'}, trainable: "
@@ -87,15 +89,10 @@ def plan(cfg: DictConfig) -> list[str]:
         control = CONTROLS.get(cfg.control.name, "control.name")(cfg.control)
         lines += _without_stream_concepts(control, stream, lambda line: lines.append("  " + line)).plan()
     lines.append(f"tracking: {tracking_uri(cfg)} (experiment '{cfg.tracking.experiment}')")
-    return lines
+    return lines + [f"a run on this machine would stop: {reason}" for reason in checked.not_here]
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    from continual.store import default_tracking_uri
-
-    return cfg.tracking.uri or default_tracking_uri(cfg.output_dir)
-
-
+@sigterm_as_interrupt  # SIGTERM ends the run as Ctrl-C does: KILLED, resumable
 def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Optional[str] = None,
         fresh: bool = False) -> RunResult:
     """Run the experiment ``cfg`` end to end and return its matrices and summary.
@@ -108,29 +105,26 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.features import image_inputs, text_inputs
     from continual.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
-    from continual.store import check_tracking_uri, default_artifact_root
+    from continual.store import default_artifact_root, ensure_store
     from continual.tracking import MLflowLogger
 
+    # Everything that can be wrong with the input fails here, before any model is built.
+    seed_everything(cfg.seed)
+    checked = preflight(cfg)  # the same checks as --dry-run's
+    strategy_cls, params, stream_fn, uri = checked.strategy_cls, checked.params, checked.stream_fn, checked.uri
     # Under torchrun: join the process group; only rank 0 speaks.
     device = distributed.init(cfg.device)
     if not distributed.is_main():
         echo, progress = (lambda _: None), False
-    # Everything that can be wrong with the input fails here, before any model is built.
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
-    params = strategy_params(cfg, strategy_cls.Params)
-    stream_fn = STREAMS.get(cfg.stream.name, "stream.name")
-    planned = stream_fn(cfg.stream, cfg.seed)
-    check_fit(cfg, strategy_cls, planned)  # split valid, method fits
-    if planned.data_missing:  # a plan from nominal counts: stop before anything is built
-        raise UserError(planned.data_missing)
     distributed.local_batch_size(cfg.train.batch_size, cfg.train.accumulation_steps)  # divides over processes
-    uri = tracking_uri(cfg)
-    check_tracking_uri(uri)
     fingerprint = config_fingerprint(cfg)
-    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh) if distributed.is_main() else None)
+    run_lock = RunLock(Path(cfg.output_dir) / "checkpoints")  # one process trains a run at a time
+    if distributed.is_main():
+        ensure_store(uri)  # created once, whole, however many runs start together
+    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh, run_lock)
+                                          if distributed.is_main() else None)
 
     distributed.local_first_begin()  # one process per machine builds the base and caches features first
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
@@ -169,6 +163,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     ) if distributed.is_main() else distributed.SilentLogger(None)
     logger.run_id = distributed.broadcast_object(logger.run_id)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / logger.run_id
+    if distributed.is_main():
+        run_lock.acquire(logger.run_id)  # a new run: nobody else can hold it yet
     try:
         plugins = []
         if progress:
@@ -204,7 +200,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             control_rows[:], sessions[:] = state["control"], state["sessions"]
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
-            if distributed.is_main() and k not in _logged_steps(uri, logger.run_id):  # crash between checkpoint and log
+            if distributed.is_main():  # what a crash kept from the log (the logger skips points already logged)
                 log_row(k, sessions[k])
             first = k + 1
             echo(f"MLflow run {logger.run_id} in {uri}: resuming after session {k} of {T}")
@@ -247,8 +243,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                          **{k: m.tolist() for k, m in matrices.items()}}, "summary.json")
         logger.finish("FINISHED")
     except BaseException as exc:
-        logger.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        faults.end_run(logger, exc, ckpt_dir)  # KILLED on a signal, else FAILED; raises the one line to show
         raise
+    finally:
+        run_lock.release()
     first = next(iter(matrices.values()))
     return RunResult(logger.run_id, uri, first, control_rows, summary, sessions, matrices)
 
@@ -260,11 +258,14 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=10).hexdigest()
 
 
-def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool) -> Optional[str]:
-    """The run to continue: ``resume`` (checked to be of this config), else the newest unfinished
-    run of this config that has a checkpoint, else None (a new run)."""
+def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool,
+                  lock: Optional[RunLock] = None) -> Optional[str]:
+    """The run to continue: ``resume`` (checked to be of this config and unfinished), else the
+    newest unfinished run of this config that has a checkpoint, else None (a new run). With
+    ``lock``, the run returned is held by this process (RunBusyError if another holds it)."""
     from continual.store import find_runs
 
+    check_resume_flags(resume, fresh)
     if resume:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -276,20 +277,35 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
         if found.data.tags.get("config_fingerprint") != fingerprint:
             raise UserError(f"--resume {resume}: that run was started with a different config; "
                             "give the same config and overrides, or drop --resume")
-        return resume
+        return _claim(resume, uri, lock)
     if fresh:
         return None
     for candidate in find_runs(uri, cfg.tracking.experiment, "config_fingerprint", fingerprint):
         folder = Path(cfg.output_dir) / "checkpoints" / candidate.info.run_id
         if candidate.info.status != "FINISHED" and (folder / checkpoint.STATE_FILE).exists():
-            return candidate.info.run_id
+            return _claim(candidate.info.run_id, uri, lock)
     return None
 
 
-def _logged_steps(uri: str, run_id: str) -> list[int]:
-    from continual.store import metric_steps
+def check_resume_flags(resume: Optional[str], fresh: bool) -> None:
+    if resume and fresh:
+        raise UserError(f"--resume {resume} and --fresh contradict each other: give --resume to continue that run, "
+                        "or --fresh to start a new one")
 
-    return metric_steps(uri, run_id, "acc/session_1")
+
+def _claim(run_id: str, uri: str, lock: Optional[RunLock]) -> str:
+    """Hold ``run_id`` (if ``lock``), then check that it is unfinished (another process may just
+    have finished it)."""
+    from mlflow import MlflowClient
+
+    if lock is not None:
+        lock.acquire(run_id)
+    if MlflowClient(uri).get_run(run_id).info.status == "FINISHED":
+        if lock is not None:
+            lock.release()
+        raise UserError(f"run {run_id} is finished: every session is trained and logged, nothing to resume; "
+                        "see it with `continual ui`, or run without --resume to train it again as a new run")
+    return run_id
 
 
 def reference_pairs(cfg: DictConfig, encode_images: Any, encode_texts: Any) -> Optional[Callable]:
@@ -410,13 +426,6 @@ def _check_control_unseen(control: Any, base_meta: Optional[dict]) -> None:
 
 
 # -- what a stream asks of the run -------------------------------------------------------------
-def task_loss(cfg: DictConfig, stream: Any) -> str:
-    """train.loss, with auto resolved by the stream: contrastive on image-text pairs, else CE."""
-    if cfg.train.loss != "auto":
-        return cfg.train.loss
-    return "contrastive" if stream.kind == "pairs" else "ce"
-
-
 def class_templates(cfg: DictConfig, stream: Any) -> Any:
     """The stream's own templates (per class), captions as they are, or model.templates."""
     if stream.templates is not None:
@@ -428,31 +437,6 @@ def session_lrs(cfg: DictConfig, stream: Any) -> dict[int, float]:
     """train.session_lr by session name -> by experience index."""
     index = {s.name: s.index - 1 for s in stream.sessions if s.name}
     return {index[name]: float(lr) for name, lr in cfg.train.session_lr.items()}
-
-
-def check_fit(cfg: DictConfig, strategy_cls: type, stream: Any) -> None:
-    """One-line errors, before anything is built, for a method, metric or option that does not
-    fit the stream."""
-    kinds = getattr(strategy_cls, "stream_kinds", ("classification", "pairs"))
-    what = {"classification": "classification", "pairs": "image-text"}
-    if stream.kind not in kinds:
-        raise ConfigError(f"strategy '{cfg.strategy.name}' works on {' and '.join(what[k] for k in kinds)} streams, "
-                          f"but stream '{cfg.stream.name}' is an {what[stream.kind]} stream; choose another strategy or stream")
-    metric = cfg.eval.metric
-    if metric == "retrieval" and stream.kind != "pairs":
-        raise ConfigError(f"eval.metric=retrieval needs an image-text stream, but '{cfg.stream.name}' is a "
-                          "classification stream (its test data has labels, not captions); use eval.metric=accuracy or auto")
-    if metric == "accuracy" and stream.kind == "pairs":
-        raise ConfigError(f"eval.metric=accuracy needs a classification stream, but '{cfg.stream.name}' holds image-text "
-                          "pairs; use eval.metric=retrieval or auto")
-    if cfg.train.loss == "ce" and stream.kind == "pairs":
-        raise ConfigError(f"train.loss=ce needs class labels, but '{cfg.stream.name}' holds image-text pairs; "
-                          "use train.loss=contrastive or auto")
-    names = [s.name for s in stream.sessions if s.name]
-    for name in cfg.train.session_lr:
-        if name not in names:
-            raise ConfigError(f"train.session_lr.{name}: no session of that name; the sessions are: "
-                              + (", ".join(names) or "(unnamed)"))
 
 
 def _without_stream_concepts(control: Any, stream: Any, echo: Echo) -> Any:

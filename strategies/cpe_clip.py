@@ -158,6 +158,37 @@ def _unsupported(model: nn.Module, why: str) -> UnsupportedTowerError:
         f"and a {text} text tower ({why}); use model.name=tiny-vit (model.pretrained=base:vit) or ViT-B-16")
 
 
+def config_problem(model_name: str, towers: str) -> Optional[str]:
+    """Why the towers of open_clip model ``model_name`` cannot take CPE-CLIP's prompts, read from
+    its open_clip config alone (nothing is built); None if they can, or if the model is unknown
+    (building it reports that). The same rules as :func:`_text_tower` and :class:`PromptedCLIP`
+    apply to the built model."""
+    from continual.backbone import model_config
+
+    config = model_config(model_name)
+    if config is None:
+        return None
+    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
+    image_kind = (f"timm {vision['timm_model_name']}" if vision.get("timm_model_name")
+                  else "ModifiedResNet" if isinstance(vision.get("layers"), (list, tuple)) else "VisionTransformer")
+    text_kind = "Hugging Face" if text.get("hf_model_name") else "TextTransformer"
+    why = None
+    if text.get("hf_model_name"):
+        why = "the text tower is not an open_clip text transformer"
+    elif text.get("embed_cls"):
+        why = "its text tower appends a class token or masks padding"
+    elif text.get("no_causal_mask"):
+        why = "its text tower is not causal"
+    elif text.get("pool_type", "argmax") not in ("argmax", "eos"):
+        why = f"its text tower pools '{text['pool_type']}', not at the end token"
+    elif towers == "both" and image_kind != "VisionTransformer":
+        why = "the image tower is not an open_clip VisionTransformer; strategy.towers=text prompts the text tower only"
+    if why is None:
+        return None
+    return (f"CPE-CLIP needs open_clip ViT/text-transformer towers; model {model_name} has a {image_kind} image tower "
+            f"and a {text_kind} text tower ({why}); use model.name=tiny-vit (model.pretrained=base:vit) or ViT-B-16")
+
+
 def _text_tower(model: nn.Module) -> tuple[str, str, Optional[int]]:
     """Where the text transformer lives ("" = open_clip CLIP's built-in tower, "text" = a
     TextTransformer), its pooling ("argmax" | "eos") and end-token id; raises if unpromptable."""
@@ -366,6 +397,13 @@ class CPECLIP(ClipStrategy):
         if self.params.lr_schedule == "authors":
             plugins.append(EpochWarmupLR(self.train_cfg.lr))
         return plugins
+
+    @classmethod
+    def check_model(cls, model_name: str, params: CPECLIPParams) -> None:
+        """Before anything is built (``continual.preflight``): refuse towers prompts cannot enter."""
+        problem = config_problem(model_name, params.towers)
+        if problem is not None:
+            raise UnsupportedTowerError(problem)
 
     def label_space(self) -> list[int]:
         """Training CE over the current session's classes only (earlier ones masked)."""
