@@ -33,7 +33,7 @@ from continual.config import to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError
 from continual.locks import RunLock
-from continual.preflight import check_fit, preflight, task_loss, tracking_uri  # noqa: F401 (check_fit: API)
+from continual.preflight import preflight, task_loss, tracking_uri
 from continual.registry import CONTROLS
 from continual.signals import sigterm_as_interrupt
 

@@ -8,9 +8,7 @@ which counts it; the last test checks that the README's count of bad inputs trie
 from __future__ import annotations
 
 import json
-import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
