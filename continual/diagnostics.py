@@ -58,16 +58,22 @@ class Space:
         return self.x.shape[0]
 
     @cached_property
+    def gram(self) -> Tensor:
+        """Cosine similarities between the items (n x n)."""
+        return self.x @ self.x.T
+
+    @cached_property
     def pair_angles(self) -> Tensor:
         """The upper triangle (j < k, row-major) of :func:`angle_matrix_deg`."""
         j, k = torch.triu_indices(len(self), len(self), offset=1)
-        return angle_matrix_deg(self.x)[j, k]
+        return torch.rad2deg(torch.arccos(self.gram[j, k].clamp(-1.0, 1.0)))
 
     @cached_property
     def order(self) -> Tensor:
-        """Row k: the items by decreasing cosine similarity to item k, item k itself first (ties
-        keep index order)."""
-        s = (self.x @ self.x.T).fill_diagonal_(math.inf)
+        """Row k: the items by decreasing cosine similarity to item k, item k itself first. Ties
+        (exact duplicates: the control pairs hold a few identical images and captions) keep index
+        order in every model, so they never count as a change of rank."""
+        s = self.gram.clone().fill_diagonal_(math.inf)
         return torch.argsort(s, dim=1, descending=True, stable=True)
 
     @cached_property
@@ -110,7 +116,10 @@ def angles_deg(a: Tensor, b: Tensor) -> Tensor:
         theta_k = 2 atan2(|a_k - b_k|, |a_k + b_k|)      (a_k, b_k unit vectors)
 
     equal to arccos(<a_k, b_k>) but exact near 0 (arccos of a rounded 1 - eps is not)."""
-    a, b = unit(a), unit(b)
+    return _angles(unit(a), unit(b))
+
+
+def _angles(a: Tensor, b: Tensor) -> Tensor:  # rows already unit, float64
     return torch.rad2deg(2 * torch.atan2((a - b).norm(dim=-1), (a + b).norm(dim=-1)))
 
 
@@ -137,7 +146,11 @@ def procrustes_rotation(old: Tensor, new: Tensor) -> Tensor:
 
     (Schoenemann's orthogonal Procrustes). With fewer items than dimensions R is fixed only on
     the items' span, which is all that X R depends on."""
-    u, _, vh = torch.linalg.svd(unit(old).T @ unit(new))
+    return _procrustes(unit(old), unit(new))
+
+
+def _procrustes(x: Tensor, y: Tensor) -> Tensor:  # rows already unit, float64
+    u, _, vh = torch.linalg.svd(x.T @ y)
     return u @ vh
 
 
@@ -152,12 +165,15 @@ def procrustes_fit(old: Tensor, new: Tensor) -> tuple[dict[str, float], Tensor, 
       the rotation explains (1: rigid; 0: no better than not rotating; NaN when nothing moved).
 
     Returns these, the per-item residual angles and R."""
-    x, y = unit(old), unit(new)
-    rotation = procrustes_rotation(x, y)
-    xr = x @ rotation
-    residual = angles_deg(xr, y)
+    return _procrustes_fit(unit(old), unit(new))
+
+
+def _procrustes_fit(x: Tensor, y: Tensor) -> tuple[dict[str, float], Tensor, Tensor]:  # rows already unit
+    rotation = _procrustes(x, y)
+    xr = x @ rotation  # unit rows: R is orthogonal
+    residual = _angles(xr, y)
     total, left = float(((x - y) ** 2).sum()), float(((xr - y) ** 2).sum())
-    return ({"procrustes_angle_deg": float(angles_deg(x, xr).mean()), "procrustes_residual_deg": float(residual.mean()),
+    return ({"procrustes_angle_deg": float(_angles(x, xr).mean()), "procrustes_residual_deg": float(residual.mean()),
              "rigid_fraction": 1.0 - left / total if total > 0 else math.nan}, residual, rotation)
 
 
@@ -211,13 +227,13 @@ def knn_overlap(old: Features, new: Features, k: int) -> float:
 # -- between the modalities ----------------------------------------------------------------------
 def pair_cosines(f: ProbeFeatures) -> Tensor:
     """cos(image, text) of every matched pair."""
-    return (unit(f.images)[f.pair_image] * unit(f.texts)[f.pair_text]).sum(dim=-1)
+    return (f.image_space.x[f.pair_image] * f.text_space.x[f.pair_text]).sum(dim=-1)
 
 
 def modality_gap(f: ProbeFeatures) -> float:
     """Liang et al.'s modality gap: |mean_k x_k - mean_l t_l|, the distance between the centroids
     of the (unit) image and text features."""
-    return float((unit(f.images).mean(dim=0) - unit(f.texts).mean(dim=0)).norm())
+    return float((f.image_space.x.mean(dim=0) - f.text_space.x.mean(dim=0)).norm())
 
 
 def deviation_deg(image_angles: Tensor, text_angles: Tensor, pair_image: Tensor, pair_text: Tensor) -> float:
@@ -238,9 +254,10 @@ def rigid_pair_cos_change(old: ProbeFeatures, new: ProbeFeatures, image_rotation
     modality only rotated."""
     if old.pair_image.numel() == 0:
         return math.nan
-    r_i = procrustes_rotation(old.images, new.images) if image_rotation is None else image_rotation
-    r_t = procrustes_rotation(old.texts, new.texts) if text_rotation is None else text_rotation
-    rotated = ProbeFeatures(unit(old.images) @ r_i, unit(old.texts) @ r_t, old.pair_image, old.pair_text)
+    x, t = old.image_space.x, old.text_space.x
+    r_i = _procrustes(x, new.image_space.x) if image_rotation is None else image_rotation
+    r_t = _procrustes(t, new.text_space.x) if text_rotation is None else text_rotation
+    rotated = ProbeFeatures(x @ r_i, t @ r_t, old.pair_image, old.pair_text)
     return float(pair_cosines(rotated).mean() - pair_cosines(old).mean())
 
 
@@ -262,8 +279,8 @@ def compare(old: ProbeFeatures, new: ProbeFeatures, neighbours: int = 10) -> tup
     angles: dict[str, Tensor] = {}
     rotations: dict[str, Tensor] = {}
     for name, a, b in (("image", old.image_space, new.image_space), ("text", old.text_space, new.text_space)):
-        rotation = rotation_angles_deg(a.x, b.x)
-        fit, residual, rotations[name] = procrustes_fit(a.x, b.x)
+        rotation = _angles(a.x, b.x)  # the paper's RAM
+        fit, residual, rotations[name] = _procrustes_fit(a.x, b.x)
         angles[f"{name}/rotation"], angles[f"{name}/residual"] = rotation, residual
         metrics.update({f"{name}/{k}": v for k, v in distribution(rotation).items()})
         metrics.update({f"{name}/{k}": v for k, v in fit.items()})

@@ -68,6 +68,22 @@ def test_a_known_rotation_gives_its_angle_and_no_residual(n, d):
     assert D.neighbour_spearman(old, new) == 1.0 and D.knn_overlap(old, new, 10) == 1.0
 
 
+def test_duplicate_items_are_not_a_change_of_rank():
+    """The control pairs hold identical images and captions: their tie must be broken the same
+    way in both models, or a rigid rotation would show as disagreement."""
+    old = random_unit(120, 16, seed=12)
+    old[60:] = old[:60]  # every item twice
+    new = old @ isoclinic(16, 35.0, seed=13)
+    assert D.neighbour_spearman(old, new) == 1.0 and D.knn_overlap(old, new, 7) == 1.0
+    moved = D.unit(old + 0.3 * random_unit(120, 16, seed=14))
+    moved[60:] = moved[:60]  # another topology, the same twins
+    for space in (D.Space(old), D.Space(moved)):  # twins: adjacent ranks, the lower index first, in every row
+        ranks = space.ranks
+        others = torch.ones(120, 60, dtype=torch.bool)
+        others[torch.arange(60), torch.arange(60)] = others[torch.arange(60, 120), torch.arange(60)] = False
+        assert (ranks[:, :60] + 1 == ranks[:, 60:])[others].all()
+
+
 def test_a_rotation_in_one_plane_turns_each_item_by_its_share_of_that_plane():
     """Rotating by alpha in the plane of e_0, e_1: cos theta_k = 1 - r_k^2 (1 - cos alpha), r_k the
     length of x_k's projection on the plane."""
