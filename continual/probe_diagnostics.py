@@ -186,7 +186,7 @@ class ProbeDiagnostics:
         return out
 
     def log_figures(self, i: int, now: D.ProbeFeatures, logger: Any) -> None:
-        from continual.figures import angle_distributions, probe_view
+        from continual.diagnostics_figures import angle_distributions, probe_view
 
         where = f"{self.probe.name}; {self.title}" if self.title else self.probe.name
         history = {k: torch.stack(v).numpy() for k, v in self.history.items()}
