@@ -22,7 +22,6 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from continual import diagnostics as D
 from continual import distributed
 from continual.errors import UserError
-from continual.evaluation import pair_features
 
 # The diagnostics `continual run` prints in its final summary (all of them go to MLflow).
 HEADLINE = ("diag/image/rotation_mean_deg", "diag/text/rotation_mean_deg", "diag/pairs/deviation_deg",
@@ -159,6 +158,8 @@ class ProbeDiagnostics:
                    d.view_items, f"{cfg.strategy.name} on {cfg.stream.name}")
 
     def encode(self, model: torch.nn.Module) -> D.ProbeFeatures:
+        from continual.evaluation import pair_features  # imports the model code: not at CLI start-up
+
         images, texts = pair_features(model, self.probe.image_inputs, self.probe.text_inputs, self.batch_size)
         return D.ProbeFeatures(images.cpu(), texts.cpu(), self.probe.pair_image, self.probe.pair_text)
 
