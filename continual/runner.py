@@ -32,6 +32,7 @@ from continual import metrics as M
 from continual.config import strategy_params, to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import ConfigError, UserError
+from continual.probe_diagnostics import ProbeDiagnostics, plan_line
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
 Echo = Callable[[str], None]
@@ -88,6 +89,7 @@ def plan(cfg: DictConfig) -> list[str]:
     if cfg.control.name:
         control = CONTROLS.get(cfg.control.name, "control.name")(cfg.control)
         lines += _without_stream_concepts(control, stream, lambda line: lines.append("  " + line)).plan()
+    lines.append(plan_line(cfg))
     lines.append(f"tracking: {tracking_uri(cfg)} (experiment '{cfg.tracking.experiment}')")
     return lines
 
@@ -158,6 +160,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     templates = per_class(class_templates(cfg, stream), len(stream.class_names))
     classifier = ClipClassifier(backbone.model, stream.class_names,
                                 encode_texts(prompts(stream.class_names, templates)), [len(t) for t in templates])
+    diagnostics = ProbeDiagnostics.from_config(cfg, stream, control, classifier)  # None when switched off
     T = len(stream.sessions)
     matrices = {name: np.full((T + 1, T), np.nan) for name in MATRICES[stream.kind]}
     control_rows: list[dict] = []
@@ -212,6 +215,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             control_rows[:], sessions[:] = state["control"], state["sessions"]
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
+            if diagnostics is not None:
+                diagnostics.restore(state["extra"])
             if distributed.is_main() and k not in _logged_steps(uri, logger.run_id):  # crash between checkpoint and log
                 log_row(k, sessions[k])
             first = k + 1
@@ -239,12 +244,15 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 from continual.evaluation import retrieval
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
+            if diagnostics is not None:  # spatial disorder since row 0 and since the row before
+                record.update(diagnostics.after_row(i, classifier.model, logger))
             sessions.append(record)
             if distributed.is_main():
                 checkpoint.save(ckpt_dir, i, classifier.model, {
                     "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
                     "control": control_rows, "sessions": sessions,
-                    "strategy": strategy.resume_state(), "run_id": logger.run_id})
+                    "strategy": strategy.resume_state(), "run_id": logger.run_id},
+                    extra=diagnostics.tensors() if diagnostics is not None else None)
             echo(describe_row(i, log_row(i, record)))
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}
@@ -377,7 +385,9 @@ def session_metrics(matrices: dict[str, np.ndarray], control_rows: list[dict], t
         out["control/r1_mean"] = r1_now
         ret = M.retention(r1_now, r1_first)
         out["retention/absolute"], out["retention/relative"] = ret["absolute"], ret["relative"]
-    for key in ("train_seconds", "eval_seconds", "examples", "examples_per_s", "trainable_params"):
+    out.update(record.get("diagnostics", {}))
+    for key in ("train_seconds", "eval_seconds", "diagnostics_seconds", "diagnostics_figures_seconds", "examples",
+                "examples_per_s", "trainable_params"):
         if key in record:
             out[f"session/{key}"] = float(record[key])
     return out

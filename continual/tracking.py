@@ -287,6 +287,10 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
     log_dict = log_json
 
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        """Write a matplotlib `figure` as the PNG artifact `artifact_file` (replacing an earlier one)."""
+        self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 120})
+
     def log_matrix(
         self,
         name: str,
