@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
+from continual import shipped
 from continual.errors import ConfigError
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
@@ -32,6 +33,7 @@ EVAL_METRICS = ("auto", "accuracy", "retrieval")
 SESSION_BY = ("group", "source", "slices")
 ON_CORRUPT = ("error", "skip")
 PRECISIONS = ("fp32", "bf16")
+PROBES = ("auto", "control", "stream")
 
 
 @dataclass
@@ -146,6 +148,25 @@ class EvalConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    # Spatial-disorder diagnostics after every session (continual/diagnostics.py): rotation of
+    # each modality, inter-modal deviation, modality gap, neighbour ranks; false = off.
+    enabled: bool = True
+    # The probe data: control (the control pairs, never trained on) | stream (every session's
+    # test data: pairs, or images with their class's first prompt) | auto (control when there
+    # is control data, else stream).
+    probe: str = "auto"
+    # At most this many probe images (a seeded sample; 0 = all): bounds the n x n matrices.
+    max_items: int = 1000
+    # Neighbours per item compared by diag/*/knn_overlap.
+    neighbours: int = 10
+    # Figures as MLflow artifacts after every session (angle distributions, 2-D view).
+    figures: bool = True
+    # Probe pairs drawn in the 2-D view.
+    view_items: int = 6
+
+
+@dataclass
 class TrackingConfig:
     # MLflow tracking URI; null = sqlite store in output_dir (sqlite:///OUTPUT_DIR/mlflow.db).
     uri: Optional[str] = None
@@ -167,6 +188,7 @@ class ExperimentConfig:
     strategy: Dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -175,9 +197,7 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
     schema = OmegaConf.structured(ExperimentConfig)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (give the path of a YAML file, e.g. configs/default.yaml)")
+        path = shipped.resolve(path)
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors are multi-line: keep the first line
@@ -229,6 +249,12 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.loss", LOSSES)
     _choice(cfg, "stream.session_by", SESSION_BY)
     _choice(cfg, "stream.on_corrupt", ON_CORRUPT)
+    _choice(cfg, "diagnostics.probe", PROBES)
+    _non_negative(cfg, "diagnostics.max_items", "diagnostics.view_items")
+    _positive(cfg, "diagnostics.neighbours")
+    if cfg.diagnostics.enabled and cfg.diagnostics.probe == "control" and cfg.control.name is None:
+        raise ConfigError("diagnostics.probe=control needs control data, but control.name is null; "
+                          "set diagnostics.probe=stream, or diagnostics.enabled=false")
     if not 0 < cfg.stream.test_fraction < 1:
         raise ConfigError(f"stream.test_fraction must be in (0, 1), got {cfg.stream.test_fraction}")
     for name, lr in cfg.train.session_lr.items():

@@ -69,7 +69,9 @@ def test_checkpoints_hold_the_trained_parameters(finetune_run):
     cfg, result = finetune_run
     folder = Path(cfg.output_dir) / "checkpoints" / result.run_id
     weights = load_file(folder / "session_002.safetensors")
-    assert set(weights) == {"visual.head.proj.weight", "text.proj.weight", "__rng__.torch"}
+    trained = {k for k in weights if not k.startswith("__extra__.")}  # extra: the diagnostics' probe features
+    assert trained == {"visual.head.proj.weight", "text.proj.weight", "__rng__.torch"}
+    assert {"__extra__.start/image", "__extra__.previous/text"} <= set(weights)
     state = json.loads((folder / "state.json").read_text())
     assert state["session"] == 2 and np.allclose(state["matrices"]["accuracy"], result.accuracy)
     assert state["strategy"]["seen_classes"] == list(range(10))
@@ -80,14 +82,14 @@ def test_checkpoints_hold_the_trained_parameters(finetune_run):
 def test_same_seed_same_matrix(finetune_run, tmp_path, make_config):
     cfg, result = finetune_run
     again = run(make_config(tmp_path), echo=lambda s: None, progress=False)
-    np.testing.assert_array_equal(again.accuracy, result.accuracy)
+    np.testing.assert_array_equal(again.accuracy, result.accuracy)  # exact: the same kernels on the same inputs
 
 
 def test_zero_shot_rows_all_equal_row_zero(tmp_path, make_config):
     result = run(make_config(tmp_path, "strategy.name=zeroshot", "control.name=null"),
                  echo=lambda s: None, progress=False)
     for row in result.accuracy[1:]:
-        np.testing.assert_array_equal(row, result.accuracy[0])
+        np.testing.assert_array_equal(row, result.accuracy[0])  # exact: the same model scored again
     assert result.sessions[-1]["trainable_params"] == 0
 
 
