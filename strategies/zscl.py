@@ -13,9 +13,12 @@ Per step, with a reference batch of images x_r (sampled, seeded) and reference t
     L = L_task + weight * L_ZSCL + l2 * sum ||theta - theta_start||^2
 
 KD is :func:`strategies.lwf.kd_loss`. theta_start are the weights at the start of the session.
-Weight ensembling (WE): a running mean of the trainable weights, started with theta_start and
-updated after every ``we_interval``-th optimizer step (steps 0, k, 2k, ...); at the end of the
-session the model takes the averaged weights (and the next session starts from them).
+Weight ensembling (WE): the mean of snapshots of the trainable weights: theta_start, the weights
+after every ``we_interval``-th optimizer step (after steps 1, k + 1, 2k + 1, ...), and the
+session's final weights (unless the last step was itself a snapshot); at the end of the session
+the model takes the mean (and the next session starts from it). With the authors' 1000 steps and
+k = 100 that is 12 models, as the official code averages: it runs 1001 steps, the last at lr 0
+(a step that changes nothing), and snapshots after steps 1, 101, ..., 1001.
 
 What the official MTIL code does, and the choices exposed here (defaults = the code):
 - The student's reference logits use the INITIAL model's text features (``text_features:
@@ -204,6 +207,8 @@ class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
     def after_training_exp(self, strategy, **kwargs) -> None:
         if not self.p.we:
             return
+        if self.step > 0 and (self.step - 1) % self.p.we_interval != 0:  # the final weights, once
+            self.average.update_parameters(strategy.model.model)
         averaged = dict(self.average.module.named_parameters())
         with torch.no_grad():
             for name, p in strategy.model.model.named_parameters():
