@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -185,6 +185,10 @@ class VRLwFParams:
     teacher: str = "previous"
     # Seed of the vocabulary draws; null = the run's seed (torch.initial_seed()).
     seed: Optional[int] = None
+
+    # ZSCL's mtil/scripts/lwf_vr.sh (the defaults: its LwF-VR is what they are set from).
+    PRESETS: ClassVar[dict] = {"mtil": dict(lam=1.0, temperature=2.0, vocab_size=1000, vocab_length=10,
+                                            vocab_draw="once", vocabulary="random_tokens", teacher="previous")}
 
     def __post_init__(self) -> None:
         check_choice("strategy.vocabulary", self.vocabulary, VOCABULARIES)
