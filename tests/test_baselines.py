@@ -185,21 +185,12 @@ def test_zscl_reference_batches_are_seeded_and_cover_the_reference():
     assert sorted(sum(first[:2], []) + first[2][:2]) == list(range(10))  # a shuffled pass, then another
 
 
-def run_zscl_session(plugin: ZSCLPlugin, params: list, steps: int, strategy) -> list[torch.Tensor]:
-    """``steps`` optimizer steps that set the weights to known values (step t: every entry t + 1);
-    returns the weights after the session's weight ensembling."""
-    for step in range(steps):
-        with torch.no_grad():
-            for p in params:
-                p.fill_(step + 1.0)
-        plugin.after_update(strategy)
-    plugin.after_training_exp(strategy)
-    return [p.detach().clone() for p in params]
-
-
-def test_zscl_weight_ensemble_averages_the_authors_12_snapshots_final_weights_included():
+def zscl_session(we_interval: int, steps: int) -> tuple[list[torch.Tensor], int]:
+    """A session of ``steps`` optimizer steps from weights 0 that set the weights to known values
+    (after step t every entry is t); returns the weights after the session's weight ensembling
+    and the number of snapshots averaged."""
     classifier = toy_classifier()
-    plugin = ZSCLPlugin(toy_reference(), we_interval=100, seed=0)
+    plugin = ZSCLPlugin(toy_reference(), we_interval=we_interval, seed=0)
     strategy = fake_strategy(classifier, [0, 1], torch.randn(3, 6))
     params = [p for p in classifier.parameters() if p.requires_grad]
     with torch.no_grad():
@@ -209,24 +200,27 @@ def test_zscl_weight_ensemble_averages_the_authors_12_snapshots_final_weights_in
     added = []
     update = plugin.average.update_parameters
     plugin.average.update_parameters = lambda model: (added.append(1), update(model))
-    after = run_zscl_session(plugin, params, 1000, strategy)
-    assert 1 + len(added) == 12
+    for step in range(steps):
+        with torch.no_grad():
+            for p in params:
+                p.fill_(step + 1.0)
+        plugin.after_update(strategy)
+    plugin.after_training_exp(strategy)
+    return [p.detach().clone() for p in params], 1 + len(added)
+
+
+def test_zscl_weight_ensemble_averages_the_authors_12_snapshots_final_weights_included():
+    after, count = zscl_session(100, 1000)
     # start (0), after steps 1, 101, ..., 901 (values 1, 101, ..., 901), the final weights (1000)
     snapshots = [0.0] + [1.0 + 100 * k for k in range(10)] + [1000.0]
+    assert count == len(snapshots) == 12
     for p in after:
         torch.testing.assert_close(p, torch.full_like(p, sum(snapshots) / 12), rtol=0, atol=1e-4)
 
 
 def test_zscl_final_weights_count_once_when_the_last_step_is_a_snapshot():
-    classifier = toy_classifier()
-    plugin = ZSCLPlugin(toy_reference(), we_interval=3, seed=0)
-    strategy = fake_strategy(classifier, [0, 1], torch.randn(3, 6))
-    params = [p for p in classifier.parameters() if p.requires_grad]
-    with torch.no_grad():
-        for p in params:
-            p.zero_()
-    plugin.before_training_exp(strategy)
-    after = run_zscl_session(plugin, params, 7, strategy)  # snapshots after steps 1, 4, 7 (the last)
+    after, count = zscl_session(3, 7)  # snapshots after steps 1, 4, 7 (the last)
+    assert count == 4
     for p in after:
         torch.testing.assert_close(p, torch.full_like(p, (0 + 1 + 4 + 7) / 4), rtol=0, atol=1e-6)
 
