@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from continual.errors import UserError
 
-DEFAULT_CONFIG = "configs/default.yaml"
+DEFAULT_CONFIG = "default"  # the shipped configs/default.yaml (continual.shipped)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an experiment from a YAML config",
                          description="Run an experiment: CONFIG, then dotted key=value overrides (omegaconf).")
-    run.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    run.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                     help=f"YAML file or shipped config name (`continual list`; default {DEFAULT_CONFIG})")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 stream.n_sessions=2")
     run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; train nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -107,10 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_and_overrides(config: Optional[str], overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """``continual run key=value ...`` overrides the default config: a first argument that is an
+    override is not a config."""
+    if config is not None and "=" in config:
+        return DEFAULT_CONFIG, [config, *overrides]
+    return config or DEFAULT_CONFIG, list(overrides)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from continual.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(*config_and_overrides(args.config, args.overrides))
     from continual import runner
 
     if args.dry_run:
@@ -216,12 +225,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from continual import shipped
     from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
     for title, registry in (("strategies", STRATEGIES), ("streams", STREAMS), ("control sets", CONTROLS)):
         print(f"{title}:")
         for name, summary in registry.summaries().items():
             print(f"  {name:<18} {summary}")
+    configs = shipped.names()
+    for title, chosen in (("configs (continual run NAME)", [n for n in configs if not n.startswith("pretrain-")]),
+                          ("base recipes (continual pretrain NAME)", [n for n in configs if n.startswith("pretrain-")])):
+        print(f"{title}:")
+        for name in chosen:
+            print(f"  {name:<18} {shipped.summary(name)}")
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from continual import shipped
 from continual.errors import ConfigError
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
@@ -205,9 +206,7 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
     schema = OmegaConf.structured(ExperimentConfig)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (give the path of a YAML file, e.g. configs/default.yaml)")
+        path = shipped.resolve(path)
         try:
             layers.append(OmegaConf.load(path))
         except Exception as exc:  # yaml errors are multi-line: keep the first line

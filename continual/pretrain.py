@@ -90,15 +90,14 @@ BASES = {
 
 
 def load_pretrain_config(path: Optional[str], overrides: List[str] = ()) -> PretrainConfig:
+    from continual import shipped
     from continual.config import _explain
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         layers = [OmegaConf.structured(PretrainConfig)]
         if path:
-            if not Path(path).is_file():
-                raise ConfigError(f"pretrain config not found: {path}")
-            layers.append(OmegaConf.load(path))
+            layers.append(OmegaConf.load(shipped.resolve(path)))
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as exc:

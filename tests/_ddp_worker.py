@@ -92,9 +92,10 @@ def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
     strategy = cls(classifier=classifier, train=train, params=cls.Params(**params) if cls.Params else None,
                    context=StrategyContext(encode_texts=tokenizer, tokenizer=tokenizer), plugins=[Record()],
                    **(extra[0] if extra else {}))
+    start = {n: p.detach().clone() for n, p in classifier.model.named_parameters() if p.requires_grad}
     strategy.train(bench.train_stream[0])
     torch.set_default_dtype(torch.float32)
-    return {"steps": steps,
+    return {"steps": steps, "start": start,
             "params": {n: p.detach().clone() for n, p in classifier.model.named_parameters() if p.requires_grad}}
 
 

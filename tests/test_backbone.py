@@ -11,6 +11,7 @@ from PIL import Image
 
 from continual.backbone import create_model, load_weights, set_trainable, split_frozen_trunks
 from continual.errors import UserError
+from numerics import sum_rounding
 
 
 def test_efficientnet_weights_load_by_position_into_timm(lit_model):
@@ -58,8 +59,11 @@ def test_split_trunks_compute_exactly_what_the_whole_model_computes(lit_model):
                           for _ in range(3)])
     tokens = tokenizer(["a photo of a cat.", "a red bag", "an emoji of a turtle"])
     with torch.no_grad():
-        torch.testing.assert_close(split.encode_image(image_trunk(images)), full.encode_image(images))
-        torch.testing.assert_close(split.encode_text(text_trunk(tokens)), full.encode_text(tokens))
+        # the same layers, run in two calls instead of one: equal up to the rounding of the heads'
+        # products (1280 and 384 wide), relative to the features' magnitude
+        for got, want, width in ((split.encode_image(image_trunk(images)), full.encode_image(images), 1280),
+                                 (split.encode_text(text_trunk(tokens)), full.encode_text(tokens), 384)):
+            torch.testing.assert_close(got, want, rtol=0, atol=sum_rounding(width, float(want.abs().max())))
     # the split model's state keeps the original names of what trains
     assert {"visual.head.proj.weight", "text.proj.weight"} <= set(split.state_dict())
 

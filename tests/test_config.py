@@ -69,8 +69,23 @@ def test_strategy_params_are_checked_against_the_strategy():
 
 
 def test_missing_file_and_bad_override():
-    assert "config file not found" in one_line_error(path="nope.yaml")
+    message = one_line_error(path="nope.yaml")
+    assert "config not found" in message and "vrlwf" in message  # the shipped names are offered
     assert "key=value" in one_line_error("train.lr")
+
+
+def test_shipped_configs_resolve_by_name_outside_the_checkout(tmp_path):
+    """After pip install the YAML files live in the installed `configs` package: a name finds them
+    from any directory, and `continual run key=value` overrides the default config."""
+    env = dict(__import__("os").environ)
+    out = subprocess.run([sys.executable, "-m", "continual", "run", "vrlwf", "--dry-run", f"output_dir={tmp_path}"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "strategy vrlwf" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "continual", "run", "stream.n_sessions=2", "--dry-run",
+                          f"output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "strategy finetune" in out.stdout and "2 sessions" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "continual", "list"], cwd=tmp_path, capture_output=True, text=True)
+    assert "pairs-offline" in out.stdout and "pretrain-lit" in out.stdout
 
 
 def test_cli_help_does_not_import_heavy_packages():

@@ -3,7 +3,6 @@ earlier classes, and the session-aware gradient scaling."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from omegaconf import OmegaConf
 from continual.config import TrainConfig, load_config, strategy_params
 from continual.errors import ConfigError, UserError
 from continual.heads import ClipClassifier, restrict
+from numerics import sum_rounding
 from strategies.cpe_clip import (CPECLIP, CPECLIPParams, PromptedCLIP, UnsupportedTowerError, authors_lr_factor,
                                  mask_logits, session_alpha)
 
@@ -76,6 +76,13 @@ def test_mask_logits_is_ce_over_the_current_classes():
 
 
 # -- the prompted towers ------------------------------------------------------------------------
+def assert_same_tower_output(got: torch.Tensor, want: torch.Tensor, transformer) -> None:
+    """Equal up to the float32 rounding of the tower: the same layers over inputs of other shapes
+    (other kernels), each a sum of ``width`` products, relative to the outputs' magnitude."""
+    rounding = transformer.layers * sum_rounding(transformer.width, float(want.abs().max()))
+    torch.testing.assert_close(got, want, rtol=0, atol=rounding)
+
+
 @pytest.mark.parametrize("which", ["tiny", "vit_b16"])
 def test_without_prompts_the_redriven_towers_are_open_clips(which, request):
     model, _, tokenizer = request.getfixturevalue(which)
@@ -85,8 +92,8 @@ def test_without_prompts_the_redriven_towers_are_open_clips(which, request):
     # a text that fills the whole context (no re-truncation needed without prompts)
     tokens = tokenizer(["zero.", "a photo of a big dog.", " ".join(["word"] * 100)])
     with torch.no_grad():
-        torch.testing.assert_close(prompted.encode_image(images), model.encode_image(images), rtol=0, atol=1e-5)
-        torch.testing.assert_close(prompted.encode_text(tokens), model.encode_text(tokens), rtol=0, atol=1e-5)
+        assert_same_tower_output(prompted.encode_image(images), model.encode_image(images), model.visual.transformer)
+        assert_same_tower_output(prompted.encode_text(tokens), model.encode_text(tokens), model.transformer)
         prompted.enabled = True  # and the prompts do change both towers
         assert (prompted.encode_image(images) - model.encode_image(images)).abs().max() > 1e-3
         assert (prompted.encode_text(tokens) - model.encode_text(tokens)).abs().max() > 1e-3
@@ -132,11 +139,11 @@ def test_text_prompts_replace_after_the_start_token_and_pool_at_the_shifted_end(
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
         end = tokens[:2].argmax(-1) + P
         expected = x[torch.arange(2), end] @ model.text_projection
-        torch.testing.assert_close(shallow.encode_text(tokens[:2]), expected, rtol=0, atol=1e-5)
+        assert_same_tower_output(shallow.encode_text(tokens[:2]), expected, model.transformer)
         # a text filling the context is read as if tokenized P tokens shorter (end token kept)
         shorter = F.pad(tokenizer([" ".join(["word"] * 100)], context_length=32 - P), (0, P))
         assert shorter[0, 32 - P - 1] == tokens[2, 31] and shorter[0, 32 - P - 2] == tokens[2, 30 - P]
-        torch.testing.assert_close(prompted.encode_text(shorter), out[2:], rtol=0, atol=1e-5)
+        assert_same_tower_output(prompted.encode_text(shorter), out[2:], model.transformer)
 
 
 def test_vision_prompts_accumulate_after_the_patch_tokens(tiny):
