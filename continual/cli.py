@@ -25,7 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # key=value overrides may come after flags (argparse stops the positional list at a flag)
     args, extra = parser.parse_known_args(argv)
     if extra:
-        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs"}.get(getattr(args, "command", None))
+        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs", "sweep": "configs"}.get(
+            getattr(args, "command", None))
         if target is None or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         setattr(args, target, list(getattr(args, target)) + extra)
@@ -59,12 +60,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="start a new run even if an unfinished one exists")
     run.set_defaults(handler=cmd_run)
 
-    cmp_ = sub.add_parser("compare", help="run several configs into one MLflow experiment; print a table",
-                          description="Run every CONFIG with the same overrides (e.g. seed, stream, "
-                                      "tracking.experiment) and print a Markdown table of their summaries.")
-    cmp_.add_argument("configs", nargs="+", help="YAML configs, then key=value overrides applied to all")
-    cmp_.add_argument("--progress", action="store_true", help="show progress bars")
-    cmp_.set_defaults(handler=cmd_compare)
+    swp = sub.add_parser("sweep", help="configs x override values x seeds as one MLflow parent run, with the comparison",
+                         description="Run the grid of CONFIGs x comma-separated override values (key=a,b) x seeds as "
+                                     "one MLflow parent run with every run nested under it; the parent holds each "
+                                     "group's mean, std and n over seeds after every session, the comparison table "
+                                     "(mean ± std, 95%% intervals, paired tests against --baseline) and figures. The "
+                                     "same command again skips finished runs and resumes unfinished ones.")
+    swp.add_argument("configs", nargs="+", help="YAML files or shipped config names, then key=value or key=a,b overrides")
+    swp.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3,7 (default: each config's own seed)")
+    swp.add_argument("--jobs", type=int, default=1, help="runs side by side on this machine (the cores divided between them)")
+    swp.add_argument("--executor", default="local", help="local (default), slurm (submitit; a pre-empted run resumes) "
+                     "or submitit-local (submitit's local executor)")
+    swp.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="submitit parameter, e.g. slurm_partition=gpu, timeout_min=120, gpus_per_node=1 (repeatable)")
+    swp.add_argument("--baseline", help="the group the others are tested against (default: finetune, where the grid has it)")
+    swp.add_argument("--metrics", help="table columns, comma-separated metric names (default: the stream's own)")
+    swp.add_argument("--name", help="the parent run's name")
+    swp.set_defaults(handler=cmd_sweep)
+
+    cmp_ = sub.add_parser("compare", help="a sweep with each config's own seed: several configs, one parent run, one table",
+                          description="`continual sweep CONFIGS...` with each config's own seed.")
+    cmp_.add_argument("configs", nargs="+", help="YAML files or shipped config names, then key=value overrides")
+    cmp_.add_argument("--baseline", help="the group the others are tested against (default: finetune, where present)")
+    cmp_.set_defaults(handler=cmd_sweep, seeds=None, jobs=1, executor="local", executor_option=[], metrics=None, name=None)
+
+    rep_ = sub.add_parser("report", help="the comparison table of runs already in an MLflow store (no training)",
+                          description="Group the finished runs of an experiment (or of a sweep's parent run) by config "
+                                      "without the seed and print the comparison table: mean ± std over seeds, 95%% "
+                                      "intervals, paired t-test and Wilcoxon against --baseline.")
+    rep_.add_argument("target", help="an experiment name, or a sweep's parent run id")
+    rep_.add_argument("--baseline", help="the group the others are tested against (default: finetune, where present)")
+    rep_.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    rep_.add_argument("--metrics", help="table columns, comma-separated metric names (default: the stream's own)")
+    rep_.add_argument("--tracking-uri", help="the store (default: the sqlite store of --output-dir)")
+    rep_.add_argument("--output-dir", default="outputs", help="the runs' output_dir (default: outputs)")
+    rep_.set_defaults(handler=cmd_report)
 
     pre = sub.add_parser("pretrain", help="build a base model offline (contrastive training on image-caption pairs)")
     pre.add_argument("config", nargs="?", help="pretrain YAML (default: the built-in 'lit' recipe)")
@@ -146,24 +176,51 @@ def final_report(result, cfg) -> str:
                   "columns = session j's test data",
                   "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(R.shape[1]))]
         lines += [f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row) for i, row in enumerate(R)] + [""]
+    from continual.probe_diagnostics import HEADLINE
+
     keys = {k: v for k, v in result.summary.items()
             if not k.startswith(("acc/session_", "i2t/session_", "t2i/session_", "retrieval/", "control/i2t_r5",
-                                 "control/i2t_r10", "control/t2i_r5", "control/t2i_r10"))}
+                                 "control/i2t_r10", "control/t2i_r5", "control/t2i_r10", "diag/")) or k in HEADLINE}
     lines += ["Summary after the last session:", format_summary(keys), ""]
     lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     if not cfg.tracking.uri:
-        lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then http://127.0.0.1:5000)")
+        lines.append(f"Open the dashboard: continual ui --output-dir {cfg.output_dir}   (then the link it prints)")
     return "\n".join(lines)
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from continual.compare import compare, table
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from continual.sweep import parse_seeds, sweep
 
     configs = [a for a in args.configs if "=" not in a]
     overrides = [a for a in args.configs if "=" in a]
-    results = compare(configs, overrides, progress=args.progress)
+    if not configs:
+        configs = [DEFAULT_CONFIG]
+    options = {}
+    for item in args.executor_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
+        options[key] = int(value) if value.isdigit() else value
+    result = sweep(configs, overrides, parse_seeds(args.seeds) if args.seeds else None, jobs=args.jobs,
+                   executor=args.executor, baseline=args.baseline, name=args.name,
+                   metrics=args.metrics.split(",") if args.metrics else None, executor_options=options)
     print()
-    print(table(results))
+    print(result.table.markdown())
+    print(f"MLflow run {result.parent_id} in {result.tracking_uri} (the sweep; its groups and runs are nested under it)")
+    output_dir = result.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    if result.tracking_uri.startswith("sqlite:///"):
+        print(f"Open it: continual ui --output-dir {output_dir}, expand the sweep in the runs list, then the chart "
+              "view draws one curve per group; the table and figures are the sweep's artifacts")
+    return 0 if all(o.status == "FINISHED" for o in result.outcomes) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from continual.report import from_store
+    from continual.store import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.output_dir)
+    table = from_store(args.target, uri, args.baseline, args.metrics.split(",") if args.metrics else None)
+    print(table.render(args.format), end="")
     return 0
 
 
@@ -178,12 +235,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from continual.server import start_ui
+    from continual.server import start_ui, ui_url
     from continual.store import default_artifact_root, default_tracking_uri
 
     uri = default_tracking_uri(args.output_dir)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)")
+    print(f"MLflow UI for {uri} (Ctrl-C to stop); in its model-training view:")
+    for name, experiment_id in experiments(uri):
+        print(f"  {name:<24} {ui_url(args.port, experiment_id)}")
+    print(f"  {'(all experiments)':<24} {ui_url(args.port)}")
     return start_ui(uri, default_artifact_root(args.output_dir), args.port)
+
+
+def experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments with runs; none when the store does not exist yet."""
+    from continual.store import sqlite_path
+
+    db = sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if db is None or not db.exists():
+        return []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    return [(e.name, e.experiment_id) for e in client.search_experiments()
+            if client.search_runs([e.experiment_id], max_results=1)]
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

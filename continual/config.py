@@ -38,6 +38,7 @@ SAMPLINGS = ("pair", "image")
 TEST_BY = ("session", "source")
 HOLDOUTS = ("per_class", "random")
 KARPATHY_TRAIN_SPLITS = ("train", "restval", "val")
+PROBES = ("auto", "control", "stream")
 
 
 @dataclass
@@ -177,6 +178,25 @@ class EvalConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    # Spatial-disorder diagnostics after every session (continual/diagnostics.py): rotation of
+    # each modality, inter-modal deviation, modality gap, neighbour ranks; false = off.
+    enabled: bool = True
+    # The probe data: control (the control pairs, never trained on) | stream (every session's
+    # test data: pairs, or images with their class's first prompt) | auto (control when there
+    # is control data, else stream).
+    probe: str = "auto"
+    # At most this many probe images (a seeded sample; 0 = all): bounds the n x n matrices.
+    max_items: int = 1000
+    # Neighbours per item compared by diag/*/knn_overlap.
+    neighbours: int = 10
+    # Figures as MLflow artifacts after every session (angle distributions, 2-D view).
+    figures: bool = True
+    # Probe pairs drawn in the 2-D view.
+    view_items: int = 6
+
+
+@dataclass
 class TrackingConfig:
     # MLflow tracking URI; null = sqlite store in output_dir (sqlite:///OUTPUT_DIR/mlflow.db).
     uri: Optional[str] = None
@@ -198,6 +218,7 @@ class ExperimentConfig:
     strategy: Dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -258,6 +279,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("stream.train_splits", "control.train_splits"):
         for i, split in enumerate(_get(cfg, key)):
             check_choice(f"{key}[{i}]", split, KARPATHY_TRAIN_SPLITS)
+    _choice(cfg, "diagnostics.probe", PROBES)
+    _non_negative(cfg, "diagnostics.max_items", "diagnostics.view_items")
+    _positive(cfg, "diagnostics.neighbours")
+    if cfg.diagnostics.enabled and cfg.diagnostics.probe == "control" and cfg.control.name is None:
+        raise ConfigError("diagnostics.probe=control needs control data, but control.name is null; "
+                          "set diagnostics.probe=stream, or diagnostics.enabled=false")
     if not 0 < cfg.stream.test_fraction < 1:
         raise ConfigError(f"stream.test_fraction must be in (0, 1), got {cfg.stream.test_fraction}")
     for name, lr in cfg.train.session_lr.items():

@@ -27,15 +27,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, distributed, fidelity
+from continual import checkpoint, distributed, fidelity, run_info
 from continual import metrics as M
 from continual.config import strategy_params, to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import ConfigError, UserError
+from continual.probe_diagnostics import ProbeDiagnostics, plan_line
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
 Echo = Callable[[str], None]
 
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
 
 # The matrices of each kind of stream, and the prefix of their metrics in MLflow.
 MATRICES = {"classification": {"accuracy": "acc"}, "pairs": {"i2t_r1": "i2t", "t2i_r1": "t2i"}}
@@ -90,6 +93,7 @@ def plan(cfg: DictConfig) -> list[str]:
         control = CONTROLS.get(cfg.control.name, "control.name")(cfg.control)
         lines += _without_stream_concepts(control, stream, lambda line: lines.append("  " + line)).plan()
     lines += fidelity.plan_lines(cfg, params, stream)
+    lines.append(plan_line(cfg))
     lines.append(f"tracking: {tracking_uri(cfg)} (experiment '{cfg.tracking.experiment}')")
     return lines
 
@@ -101,12 +105,12 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Optional[str] = None,
-        fresh: bool = False) -> RunResult:
+        fresh: bool = False, parent: Optional[str] = None) -> RunResult:
     """Run the experiment ``cfg`` end to end and return its matrices and summary.
 
     An unfinished run of the same config in the same experiment (crashed, killed) is continued
     from its last checkpoint in the same MLflow run, unless ``fresh``; ``resume`` names the run
-    to continue explicitly.
+    to continue explicitly. ``parent``: the MLflow run to nest this one under (a sweep's).
     """
     from continual.backbone import load_backbone
     from continual.features import image_inputs, text_inputs
@@ -114,6 +118,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.pretrain import resolve_base
     from continual.store import check_tracking_uri, default_artifact_root
     from continual.tracking import MLflowLogger
+    from continual.training_curves import training_curves
 
     # Under torchrun: join the process group; only rank 0 speaks.
     device = distributed.init(cfg.device)
@@ -135,7 +140,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
     fingerprint = config_fingerprint(cfg)
-    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh) if distributed.is_main() else None)
+    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh, parent)
+                                          if distributed.is_main() else None)
 
     distributed.local_first_begin()  # one process per machine builds the base and caches features first
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
@@ -165,16 +171,17 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     templates = per_class(class_templates(cfg, stream), len(stream.class_names))
     classifier = ClipClassifier(backbone.model, stream.class_names, encode_texts(prompts(stream.class_names, templates)),
                                 [len(t) for t in templates], cfg.model.train_templates)
+    diagnostics = ProbeDiagnostics.from_config(cfg, stream, control, classifier)  # None when switched off
     T = len(stream.sessions)
     matrices = {name: np.full((T + 1, T), np.nan) for name in MATRICES[stream.kind]}
     control_rows: list[dict] = []
     sessions: list[dict] = []
     test_sizes = [s.n_test for s in stream.sessions]
     logger = MLflowLogger(
-        uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name, run_id=run_id,
+        uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name or run_info.default_run_name(cfg), run_id=run_id,
         tags={"strategy": cfg.strategy.name, "stream": cfg.stream.name, "model": cfg.model.name,
               "pretrained": cfg.model.pretrained or "random init", "seed": str(cfg.seed),
-              "config_fingerprint": fingerprint},
+              "config_fingerprint": fingerprint, **({PARENT_TAG: parent} if parent else {})},
         params=to_dict(cfg),
         artifact_location=None if cfg.tracking.uri else default_artifact_root(cfg.output_dir),
     ) if distributed.is_main() else distributed.SilentLogger(None)
@@ -192,16 +199,20 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                                 plugins=plugins, device=str(device), eval_batch_size=cfg.eval.batch_size,
                                 evaluator=training_curves(logger) if distributed.is_main() else None,
                                 task_loss=task_loss(cfg, stream), session_lr=session_lrs(cfg, stream))
-        matrix_labels = [s.name or f"session {s.index}" for s in stream.sessions]
+        columns, chance = run_info.session_labels(stream), run_info.chance_levels(stream, cfg.eval.label_space)
 
         def log_row(i: int, record: dict) -> dict:
             metrics = session_metrics({k: m[: i + 1] for k, m in matrices.items()}, control_rows, test_sizes, record)
             logger.log_metrics(metrics, step=i)
-            labels = ["before training"] + [f"after session {k}" for k in range(1, i + 1)]
+            logger.set_description(run_info.describe(cfg, metrics, i, T))
+            rows = run_info.row_labels(i + 1)
             for name, m in matrices.items():
                 what = "accuracy (%)" if name == "accuracy" else f"{name.replace('_r1', '').replace('2', '-to-')} R@1 (%)"
-                logger.log_matrix(f"{name}_matrix", m[: i + 1], labels, matrix_labels,
-                                  title=f"{cfg.strategy.name} on {cfg.stream.name}: {what}")
+                logger.log_matrix(f"{name}_matrix", m[: i + 1], rows, columns, value_label=what, chance=chance,
+                                  title=f"{cfg.strategy.name} on {cfg.stream.name}, seed {cfg.seed}: {what}")
+            if "per_class" in record:  # accuracy of every class's test images, one row per session
+                logger.log_matrix("per_class_accuracy", [s["per_class"] for s in sessions[: i + 1]], rows,
+                                  stream.class_names, figures=False)
             return metrics
 
         first = 0
@@ -215,6 +226,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             control_rows[:], sessions[:] = state["control"], state["sessions"]
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
+            if diagnostics is not None:
+                diagnostics.restore(state["extra"])
             if distributed.is_main() and k not in _logged_steps(uri, logger.run_id):  # crash between checkpoint and log
                 log_row(k, sessions[k])
             first = k + 1
@@ -237,17 +250,20 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             row = evaluate_row(classifier, stream, cfg, seen=i)
             for name in matrices:
                 matrices[name][i] = row.pop(name)
-            record.update(row)  # per-session retrieval details (image-text streams)
+            record.update(row)  # per-session retrieval details (image-text), per-class accuracy (classification)
             if control is not None:
                 from continual.evaluation import retrieval
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
+            if diagnostics is not None:  # spatial disorder since row 0 and since the row before
+                record.update(diagnostics.after_row(i, classifier.model, logger))
             sessions.append(record)
             if distributed.is_main():
                 checkpoint.save(ckpt_dir, i, classifier.model, {
                     "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
                     "control": control_rows, "sessions": sessions,
-                    "strategy": strategy.resume_state(), "run_id": logger.run_id})
+                    "strategy": strategy.resume_state(), "run_id": logger.run_id},
+                    extra=diagnostics.tensors() if diagnostics is not None else None)
             echo(describe_row(i, log_row(i, record)))
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}
@@ -271,9 +287,10 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=10).hexdigest()
 
 
-def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool) -> Optional[str]:
+def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool,
+                  parent: Optional[str] = None) -> Optional[str]:
     """The run to continue: ``resume`` (checked to be of this config), else the newest unfinished
-    run of this config that has a checkpoint, else None (a new run)."""
+    run of this config (under the same ``parent``) that has a checkpoint, else None (a new run)."""
     from continual.store import find_runs
 
     if resume:
@@ -292,6 +309,8 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
         return None
     for candidate in find_runs(uri, cfg.tracking.experiment, "config_fingerprint", fingerprint):
         folder = Path(cfg.output_dir) / "checkpoints" / candidate.info.run_id
+        if candidate.data.tags.get(PARENT_TAG) != parent:
+            continue
         if candidate.info.status != "FINISHED" and (folder / checkpoint.STATE_FILE).exists():
             return candidate.info.run_id
     return None
@@ -316,14 +335,6 @@ def reference_pairs(cfg: DictConfig, encode_images: Any, encode_texts: Any) -> O
     return build
 
 
-def training_curves(logger: Any) -> Any:
-    """Avalanche's own per-epoch training loss, logged to MLflow through our logger."""
-    from avalanche.evaluation.metrics import loss_metrics
-    from avalanche.training.plugins import EvaluationPlugin
-
-    return EvaluationPlugin(loss_metrics(epoch=True), loggers=[logger])
-
-
 def plan_lines(stream: Any, control: Any) -> list[str]:
     return stream.plan() + (control.plan() if control is not None else [])
 
@@ -331,20 +342,25 @@ def plan_lines(stream: Any, control: Any) -> list[str]:
 def evaluate_row(classifier: Any, stream: Any, cfg: DictConfig, seen: int) -> dict[str, Any]:
     """Every session's test score (future ones included) for the current model: a value per
     matrix (``MATRICES[stream.kind]``), as arrays over sessions; image-text streams add each
-    session's full retrieval metrics under ``retrieval``."""
-    from continual.evaluation import accuracy, retrieval
+    session's full retrieval metrics under ``retrieval``, classification streams each class's
+    accuracy under ``per_class``."""
+    from continual.evaluation import class_counts, retrieval
 
     if stream.kind == "pairs":
         scores = [retrieval(classifier.model, test, cfg.eval.batch_size) for test in stream.tests]
         return {"i2t_r1": np.array([s["i2t_r1"] for s in scores]), "t2i_r1": np.array([s["t2i_r1"] for s in scores]),
                 "retrieval": scores}
     row = np.empty(len(stream.sessions))
+    correct = total = np.zeros(len(stream.class_names))
     seen_classes = [c for s in stream.sessions[:seen] for c in s.classes]
     for j, session in enumerate(stream.sessions):
         classes = {"all": None, "session": session.classes,
                    "seen": sorted(set(seen_classes) | set(session.classes))}[cfg.eval.label_space]
-        row[j] = accuracy(classifier, stream.benchmark.test_stream[j].dataset, classes, cfg.eval.batch_size)
-    return {"accuracy": row}
+        hits, items = class_counts(classifier, stream.benchmark.test_stream[j].dataset, classes, cfg.eval.batch_size)
+        row[j] = 100.0 * hits.sum() / max(items.sum(), 1.0)
+        correct, total = correct + hits, total + items
+    with np.errstate(invalid="ignore", divide="ignore"):  # classes without test images: NaN
+        return {"accuracy": row, "per_class": (100.0 * correct / total).tolist()}
 
 
 def matrix_metrics(R: np.ndarray, test_sizes: list[int], prefix: str) -> dict[str, float]:
@@ -380,7 +396,9 @@ def session_metrics(matrices: dict[str, np.ndarray], control_rows: list[dict], t
         out["control/r1_mean"] = r1_now
         ret = M.retention(r1_now, r1_first)
         out["retention/absolute"], out["retention/relative"] = ret["absolute"], ret["relative"]
-    for key in ("train_seconds", "eval_seconds", "examples", "examples_per_s", "trainable_params"):
+    out.update(record.get("diagnostics", {}))
+    for key in ("train_seconds", "eval_seconds", "diagnostics_seconds", "diagnostics_figures_seconds", "examples",
+                "examples_per_s", "trainable_params"):
         if key in record:
             out[f"session/{key}"] = float(record[key])
     return out

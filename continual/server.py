@@ -14,6 +14,13 @@ from pathlib import Path
 
 from continual.store import TrackingError
 
+def ui_url(port: int = 5000, experiment_id: str | None = None, host: str = "127.0.0.1") -> str:
+    """A link into MLflow's UI in its model-training view (MLflow 3 opens its GenAI view unless
+    the link asks): an experiment's runs, or the list of experiments."""
+    page = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
+
+
 def _mlflow_command() -> list[str]:
     # The mlflow of this interpreter, not whatever `mlflow` is first on PATH.
     return [sys.executable, "-m", "mlflow"]

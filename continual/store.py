@@ -180,6 +180,25 @@ def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
     return [m.step for m in MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key)]
 
 
+def source_tags(git_commit: str) -> dict[str, str]:
+    """MLflow's standard source tags, which its UI shows in a run's overview: the command that
+    made the run, the project's commit (without the ``-dirty`` mark), the user."""
+    import getpass
+    import sys
+
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    ours = program in ("continual", "__main__.py") and len(sys.argv) > 1
+    tags = {"mlflow.source.name": f"continual {sys.argv[1]}" if ours else (program or "python"),
+            "mlflow.source.type": "LOCAL"}
+    if git_commit != "unknown":
+        tags["mlflow.source.git.commit"] = git_commit.removesuffix("-dirty")
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    return tags
+
+
 def run_metadata() -> dict[str, str]:
     """Versions of the packages that shape results, plus the project's git commit.
 

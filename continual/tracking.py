@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import numbers
-import re
 import tempfile
 import time
 import warnings
@@ -37,70 +36,20 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.figures import curves, heatmap
-from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, sqlite_path,
-                             run_metadata)
+from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
+from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
+                             source_tags, sqlite_path)
 
 __all__ = ["flatten", "MLflowLogger"]
 
+# MLflow 3 opens an experiment in the view its kind names: ours are model training, not GenAI
+# traces (which it guesses for untagged experiments).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # a run's description
+
 # MLflow's own limits (mlflow.utils.validation); exceeding them makes the whole call fail.
-MAX_PARAM_VALUE_LENGTH = 6000
-MAX_TAG_VALUE_LENGTH = 8000
-MAX_KEY_LENGTH = 250
 _MAX_PARAMS_TAGS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
-
-def _truncate(value: str, limit: int) -> str:
-    """Cut `value` to at most `limit` characters, marking the cut so it is not mistaken."""
-    if len(value) <= limit:
-        return value
-    marker = f"...[truncated {len(value)} chars]"
-    return value[: limit - len(marker)] + marker
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (str, bytes)) or not isinstance(value, (Mapping, Sequence))
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
-    """Flatten a nested config into MLflow params: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``.
-
-    Lists of scalars stay one value (``"[1, 2, 3]"``: a list of 100 class names should not
-    become 100 params); lists that contain mappings or lists are expanded by index
-    (``"layers.0.width"``). Empty mappings/lists are kept as ``"{}"`` / ``"[]"``.
-    Values are strings, cut to MLflow's 6000-character limit with a visible marker.
-    Works on OmegaConf containers too (DictConfig is a Mapping, ListConfig a Sequence).
-    """
-    out: dict[str, str] = {}
-
-    def visit(value: Any, key: str) -> None:
-        if isinstance(value, Mapping):
-            if not value and key:
-                out[key] = "{}"
-            for k, v in value.items():
-                visit(v, f"{key}.{k}" if key else str(k))
-        elif not _is_scalar(value):
-            items = list(value)
-            if all(_is_scalar(v) for v in items):
-                out[key] = _truncate(str(items), MAX_PARAM_VALUE_LENGTH)
-            else:
-                for i, v in enumerate(items):
-                    visit(v, f"{key}.{i}")
-        else:
-            out[key] = _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
-
-    visit(d, prefix)
-    return out
-
-
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def _safe_key(name: str) -> str:
-    """Make `name` a valid MLflow metric/param/tag key (Avalanche names keep their '/')."""
-    key = _BAD_KEY_CHARS.sub("_", str(name))
-    key = re.sub(r"/+", "/", key).strip("/")  # MLflow rejects non-normalized paths
-    return key[:MAX_KEY_LENGTH] or "_"
-
 
 def _as_number(value: Any) -> float | None:
     """A float for int/float/bool/numpy scalars/0-d tensors, None for anything else."""
@@ -172,7 +121,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
         if run_id is None:
             self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
-            run = self.client.create_run(self.experiment_id, run_name=run_name)
+            name = self._unique_name(run_name) if run_name else None
+            run = self.client.create_run(self.experiment_id, run_name=name)
         else:
             try:
                 run = self.client.get_run(run_id)
@@ -189,16 +139,30 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         meta = run_metadata()
         all_tags["git_commit"] = meta.pop("git_commit")
         all_tags.update({f"version.{k}": v for k, v in meta.items()})
+        all_tags.update(source_tags(all_tags["git_commit"]))
         flat = flatten(params or {})
         if run_id is not None:
             flat = self._new_params(flat, run.data.params)
         self._log_params_and_tags(flat, all_tags)
+
+    def _unique_name(self, name: str) -> str:
+        """``name``, or ``name-2``, ``name-3``, ... when runs of the experiment already carry it."""
+        pattern = name.replace("'", "")
+        taken = {r.info.run_name for r in self.client.search_runs(
+            [self.experiment_id], filter_string=f"attributes.run_name LIKE '{pattern}%'", max_results=10000)}
+        k, unique = 1, name
+        while unique in taken:
+            k += 1
+            unique = f"{name}-{k}"
+        return unique
 
     def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if EXPERIMENT_KIND_TAG not in found.tags:  # experiments made before the tag existed
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
             db = sqlite_path(self.tracking_uri)
@@ -208,7 +172,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             # A relative path would be stored as-is and resolved against a later cwd.
             artifact_location = abspath(artifact_location)
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             # Another process created it between our lookup and create.
             found = self.client.get_experiment_by_name(name)
@@ -220,7 +185,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         """Params not yet on a re-opened run; warn about those whose value changed."""
         new = {}
         for key, value in flat.items():
-            old = existing.get(_safe_key(key))
+            old = existing.get(safe_key(key))
             if old is None:
                 new[key] = value
             elif old != value:
@@ -231,9 +196,9 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         return new
 
     def _log_params_and_tags(self, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
-        param_list = [Param(_safe_key(k), v) for k, v in params.items()]
+        param_list = [Param(safe_key(k), v) for k, v in params.items()]
         tag_list = [
-            RunTag(_safe_key(k), _truncate(v, MAX_TAG_VALUE_LENGTH)) for k, v in tags.items()
+            RunTag(safe_key(k), truncate(v, MAX_TAG_VALUE_LENGTH)) for k, v in tags.items()
         ]
         # MLflow caps params + tags per batch at 100 together.
         for chunk in _chunks(param_list, _MAX_PARAMS_TAGS_PER_BATCH):
@@ -279,7 +244,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             number = _as_number(value)
             if number is None or math.isnan(number):
                 continue
-            entities.append(Metric(_safe_key(name), number, now, int(step)))
+            entities.append(Metric(safe_key(name), number, now, int(step)))
         for chunk in _chunks(entities, _MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 
@@ -300,7 +265,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         if _as_number(value) is not None:
             self._log_numbers([(name, value, x_plot)])
             return
-        artifact_file = f"avalanche/{_safe_key(name)}/step_{int(x_plot):06d}.png"
+        artifact_file = f"avalanche/{safe_key(name)}/step_{int(x_plot):06d}.png"
         if isinstance(value, Figure):
             self.client.log_figure(self.run_id, value, artifact_file)
         elif isinstance(value, Image.Image):
@@ -322,6 +287,10 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
     log_dict = log_json
 
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        """Write a matplotlib `figure` as the PNG artifact `artifact_file` (replacing an earlier one)."""
+        self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 120})
+
     def log_matrix(
         self,
         name: str,
@@ -329,17 +298,20 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         row_labels: Sequence[str],
         col_labels: Sequence[str],
         title: str | None = None,
-        value_label: str = "accuracy",
+        value_label: str = "accuracy (%)",
+        chance: float | Sequence[float] | None = None,
+        figures: bool = True,
+        row_header: str = "model",
     ) -> None:
-        """Log a (possibly partial) accuracy matrix as three artifacts.
+        """Log a (possibly partial) session matrix of percentages as a CSV and two figures.
 
-        - ``<name>.csv``: header row (empty corner cell, then `col_labels`), one row per
+        - ``<name>.csv``: a header row (`row_header`, then `col_labels`), one row per
           `row_labels` entry; values at full precision, NaN as ``nan``.
-        - ``<name>_heatmap.png``: heatmap with every cell's value printed.
-        - ``<name>_curves.png``: one line per column (a session's test data) against the
-          rows (training progress).
+        - with `figures`: ``<name>_heatmap.png`` (every cell's value on a fixed 0-100 scale,
+          sessions not trained on yet hatched, the `chance` level noted) and ``<name>_curves.png``
+          (one line per column, a session's test data, against the rows, training progress).
         Row i is e.g. "before training" / "after session i", column j "session j".
-        Calling it again with the same `name` replaces the three files. `name` may contain
+        Calling it again with the same `name` replaces the files. `name` may contain
         '/' to put them in a sub-directory.
         """
         R = np.asarray(R, dtype=float)
@@ -355,14 +327,19 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             base.parent.mkdir(parents=True, exist_ok=True)
             with open(f"{base}.csv", "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["", *col_labels])
+                writer.writerow([row_header, *col_labels])
                 for label, row in zip(row_labels, R):
                     writer.writerow([label, *(repr(float(v)) for v in row)])
-            heatmap(R, row_labels, col_labels, title).savefig(f"{base}_heatmap.png", dpi=120)
-            curves(R, row_labels, col_labels, title, value_label).savefig(
-                f"{base}_curves.png", dpi=120
-            )
+            if figures:
+                heatmap(R, row_labels, col_labels, title, chance=chance, value_label=value_label).savefig(
+                    f"{base}_heatmap.png", dpi=120)
+                curves(R, row_labels, col_labels, title, value_label, chance=chance).savefig(
+                    f"{base}_curves.png", dpi=120)
             self.client.log_artifacts(self.run_id, tmp)
+
+    def set_description(self, text: str) -> None:
+        """The run's description in MLflow's UI (its ``mlflow.note.content`` tag), replaced."""
+        self.client.set_tag(self.run_id, NOTE_TAG, truncate(text, MAX_TAG_VALUE_LENGTH))
 
     # ---- end of run ------------------------------------------------------- #
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:

@@ -50,6 +50,14 @@ from continual.schedule import lr_factor, warmup_steps
 TASK_LOSSES = ("ce", "contrastive")
 
 
+def record_term(strategy: Any, name: str, value: torch.Tensor, reported: Optional[torch.Tensor] = None) -> None:
+    """Note a loss term as it enters the loss, on strategies that keep them (ClipStrategy; other
+    Avalanche strategies ignore it): for the divergence guard and the loss curves. ``reported``:
+    the value to log instead (a distillation's KL; see ``continual.training_curves``)."""
+    if hasattr(strategy, "record_term"):
+        strategy.record_term(name, value, reported)
+
+
 def build_optimizer(params: list[torch.nn.Parameter], cfg: Any, lr: Optional[float] = None) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum) over ``params`` with ``lr`` (default ``cfg.lr``) and ``cfg.weight_decay``."""
     lr = cfg.lr if lr is None else lr
@@ -201,9 +209,10 @@ class ClipStrategy(SupervisedTemplate):
         self.seen_classes = sorted(set(self.seen_classes) | set(self.current_classes))
         super()._before_training_exp(**kwargs)
 
-    def record_term(self, name: str, value: torch.Tensor) -> None:
-        """Note a loss term's value (for the divergence guard and for inspection)."""
-        self.loss_terms[name] = float(value.detach())
+    def record_term(self, name: str, value: torch.Tensor, reported: Optional[torch.Tensor] = None) -> None:
+        """Note a loss term as it enters the loss (for the divergence guard and the loss curves);
+        ``reported`` is logged instead when given (a distillation's KL)."""
+        self.loss_terms[name] = float((value if reported is None else reported).detach())
 
     def resume_state(self) -> dict:
         """What this strategy must carry across a crash besides the weights (JSON-able)."""

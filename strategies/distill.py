@@ -46,6 +46,13 @@ def kd(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: 
     return -(p * log_q).sum(dim=-1).mean() * temperature ** 2
 
 
+def kl_of(term: torch.Tensor, at_teacher: torch.Tensor) -> torch.Tensor:
+    """A cross-entropy distillation term as a KL divergence: the term minus its value at
+    student = teacher (the teacher's entropy, T^2-scaled), which is what the student has moved
+    away from the teacher; 0 when they are equal. For reporting: the loss keeps ``term``."""
+    return term.detach() - at_teacher.detach()
+
+
 def _device(model: nn.Module) -> Optional[torch.device]:
     param = next(model.parameters(), None)
     return None if param is None else param.device

@@ -42,14 +42,8 @@ from continual import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import logit_scale
-from strategies.base import ClipStrategy
-from strategies.distill import frozen_copy, kd
-
-
-def record_term(strategy, name: str, value: torch.Tensor) -> None:
-    """Note a loss term on strategies that keep them (ClipStrategy); others ignore it."""
-    if hasattr(strategy, "record_term"):
-        strategy.record_term(name, value)
+from strategies.base import ClipStrategy, record_term
+from strategies.distill import frozen_copy, kd, kl_of
 
 
 @dataclass
@@ -86,6 +80,7 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
         self.distilled: list[int] = []
         self.teacher: Optional[nn.Module] = None  # frozen copy of the ClipClassifier
         self.teacher_text: Optional[torch.Tensor] = None  # W_old[C], cached for the session
+        self.at_teacher: Optional[torch.Tensor] = None  # the last term's value at student = teacher
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         current = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
@@ -104,8 +99,9 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
         if not self.distilled:
             return
         term = self.term(strategy.model, strategy.mb_x, strategy.mb_output)
-        record_term(strategy, "lwf", term)
-        strategy.loss = strategy.loss + self.alpha * term
+        weighted = self.alpha * term
+        record_term(strategy, "lwf", weighted, reported=self.alpha * kl_of(term, self.at_teacher))
+        strategy.loss = strategy.loss + weighted
 
     def term(self, student: nn.Module, x: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
         """KD(Z_t, Z_s; T) (+ the transposed direction) on the batch ``x``; ``student_logits``
@@ -119,9 +115,11 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
             image = F.normalize(student.model.encode_image(x), dim=-1)
             z_s = logit_scale(student.model) * image @ self.teacher_text.t()
         loss = kd(z_t, z_s, self.temperature)
+        self.at_teacher = kd(z_t, z_t, self.temperature)  # the term's value at student = teacher
         if self.symmetric:  # over the batch: every process's rows
             z_t, z_s = distributed.gather(z_t), distributed.gather(z_s, with_grad=True)
             loss = loss + kd(z_t.t(), z_s.t(), self.temperature)
+            self.at_teacher = self.at_teacher + kd(z_t.t(), z_t.t(), self.temperature)
         return loss
 
 

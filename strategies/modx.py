@@ -44,7 +44,7 @@ from continual import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
-from strategies.base import ClipStrategy
+from strategies.base import ClipStrategy, record_term
 from strategies.distill import TEACHERS, Teacher
 
 REDUCTIONS = ("sum", "mean")
@@ -182,14 +182,12 @@ class ModXPlugin(SupervisedPlugin, supports_distributed=True):
         self.last_value = float(term.detach())
         self.last_kept = (int(old_model_correct(s_old, y).sum()), int(old_model_correct(s_old.t(), y).sum()))
         weighted = self.params.alpha * term
-        if hasattr(strategy, "record_term"):
-            strategy.record_term("modx", weighted)
+        record_term(strategy, "modx", weighted)  # a KL already: 0 at student = teacher
         strategy.loss = strategy.loss + weighted
         if self.params.contrastive_weight > 0:
             contrastive = self.params.contrastive_weight * clip_contrastive_loss(
                 image, text, logit_scale(classifier.model))
-            if hasattr(strategy, "record_term"):
-                strategy.record_term("contrastive", contrastive)
+            record_term(strategy, "contrastive", contrastive)
             strategy.loss = strategy.loss + contrastive
 
     def after_update(self, strategy: Any, **kwargs: Any) -> None:

@@ -52,8 +52,8 @@ from continual.context import StrategyContext
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import ClipClassifier, logit_scale
-from strategies.base import ClipStrategy
-from strategies.distill import TEACHERS, Teacher, kd
+from strategies.base import ClipStrategy, record_term
+from strategies.distill import TEACHERS, Teacher, kd, kl_of
 
 VOCABULARIES = ("random_tokens", "random_words", "class_names")
 VOCAB_DRAWS = ("once", "session")
@@ -286,8 +286,9 @@ class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
         term = vr_loss(teacher_image, student_image, self.vocab_features, self.scale, self.params.temperature)
         self.last_value = float(term.detach())
         weighted = self.params.lam * term
-        if hasattr(strategy, "record_term"):
-            strategy.record_term("vrlwf", weighted)
+        with torch.no_grad():  # the term's value at student = teacher: the teacher's entropies
+            at_teacher = vr_loss(teacher_image, teacher_image, self.vocab_features, self.scale, self.params.temperature)
+        record_term(strategy, "vrlwf", weighted, reported=self.params.lam * kl_of(term, at_teacher))
         strategy.loss = strategy.loss + weighted
 
 

@@ -58,9 +58,8 @@ from continual.errors import ConfigError
 from continual.evaluation import encode_all
 from continual.heads import logit_scale
 from continual.stream import ControlSet
-from strategies.base import ClipStrategy
-from strategies.distill import frozen_copy, kd
-from strategies.lwf import record_term
+from strategies.base import ClipStrategy, record_term
+from strategies.distill import frozen_copy, kd, kl_of
 from streams import reference as ref
 
 
@@ -211,13 +210,16 @@ class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
         else:
             texts = self.reference.text_inputs[text_index].to(strategy.device)
             student_text = F.normalize(clip.encode_text(texts), dim=-1)
-        distill = zscl_loss(student_image, student_text, teacher_image, teacher_text, logit_scale(clip), self.p.temperature)
-        record_term(strategy, "zscl", distill)
+        scale = logit_scale(clip)
+        distill = zscl_loss(student_image, student_text, teacher_image, teacher_text, scale, self.p.temperature)
         loss = self.p.weight * distill
+        with torch.no_grad():  # the term's value at student = teacher: the teacher's entropies
+            at_teacher = zscl_loss(teacher_image, teacher_text, teacher_image, teacher_text, scale, self.p.temperature)
+        record_term(strategy, "zscl", loss, reported=self.p.weight * kl_of(distill, at_teacher))
         if self.p.l2 > 0:
-            l2 = l2_penalty([p for p in clip.parameters() if p.requires_grad], self.anchor)
+            l2 = self.p.l2 * l2_penalty([p for p in clip.parameters() if p.requires_grad], self.anchor)
             record_term(strategy, "l2", l2)
-            loss = loss + self.p.l2 * l2
+            loss = loss + l2
         strategy.loss = strategy.loss + loss
 
     def after_update(self, strategy, **kwargs) -> None:

@@ -161,7 +161,7 @@ def test_log_and_read_back(store: str, store_dir: Path, tmp_path: Path) -> None:
             "summary.json", "notes"} <= names
     local = Path(client.download_artifacts(logger.run_id, "", str(tmp_path / "dl")))
     header, labels, values = read_csv(str(local / "accuracy_matrix.csv"))
-    assert header == ["", *COLS] and labels == ROWS
+    assert header == ["model", *COLS] and labels == ROWS
     np.testing.assert_array_equal(values, R)
     for png in ("accuracy_matrix_heatmap.png", "accuracy_matrix_curves.png"):
         with Image.open(local / png) as image:

@@ -1,0 +1,288 @@
+"""The comparison table of a set of runs: each group's final metrics over seeds (mean ± std, n,
+the 95% interval of the mean) and, against a baseline group, the paired differences by seed with
+the paired t-test and the Wilcoxon signed-rank test. Written as Markdown, CSV or LaTeX.
+
+The best value of a column is marked (bold) only where it is significantly better than the
+runner-up (paired t-test over their shared seeds, p < 0.05): a mark means the ranking holds.
+
+``continual report`` builds it from runs already in a store; ``continual sweep`` builds the same
+table from the same code after its runs finish.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from continual import stats
+from continual.errors import UserError
+from continual.groups import Group, find_group
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str
+    header: str
+    unit: str  # "%", "pts" (percentage points) or "x" (a ratio)
+    higher_is_better: bool
+
+    @property
+    def title(self) -> str:
+        return f"{self.header} ({self.unit})"
+
+
+CLASS_INCREMENTAL = [
+    Column("cl/avg_acc", "final avg acc", "%", True),
+    Column("cl/avg_inc_acc", "avg inc acc", "%", True),
+    Column("cl/forgetting", "forgetting", "pts", False),
+    Column("cl/bwt", "BWT", "pts", True),
+    Column("control/r1_mean", "control R@1", "%", True),
+    Column("retention/relative", "retention", "x", True),
+]
+MULTI_DOMAIN = [
+    Column("mtil/transfer", "Transfer", "%", True),
+    Column("mtil/avg", "Avg", "%", True),
+    Column("mtil/last", "Last", "%", True),
+    Column("cl/forgetting", "forgetting", "pts", False),
+    Column("retention/relative", "retention", "x", True),
+]
+IMAGE_TEXT = [
+    Column("i2t/cl/avg_acc", "i2t R@1, last row", "%", True),
+    Column("i2t/cl/forgetting", "i2t forgetting", "pts", False),
+    Column("t2i/cl/avg_acc", "t2i R@1, last row", "%", True),
+    Column("t2i/cl/forgetting", "t2i forgetting", "pts", False),
+    Column("retention/relative", "control retention", "x", True),
+]
+
+
+def default_columns(groups: Sequence[Group]) -> list[Column]:
+    """The columns that describe the runs' kind of stream (image-text, multi-domain or
+    class-incremental), keeping those some run logged."""
+    logged = {k for g in groups for r in g.runs for k in r.final}
+    streams = {r.params.get("stream.name") for g in groups for r in g.runs}
+    chosen = IMAGE_TEXT if "i2t/cl/forgetting" in logged else MULTI_DOMAIN if "mtil" in streams else CLASS_INCREMENTAL
+    return [c for c in chosen if c.metric in logged]
+
+
+def column_for(metric: str) -> Column:
+    """A column for any metric: a known one, else named by the metric (lower is better for
+    forgetting, performance drop and divergence-like names)."""
+    for c in CLASS_INCREMENTAL + MULTI_DOMAIN + IMAGE_TEXT:
+        if c.metric == metric:
+            return c
+    lower = any(w in metric for w in ("forgetting", "pd", "median_rank", "rotation", "deviation", "gap", "residual"))
+    return Column(metric, metric, "", not lower)
+
+
+@dataclass
+class Cell:
+    summary: stats.Summary
+    versus: Optional[stats.Paired]  # against the baseline (None for the baseline itself)
+    best: bool = False  # the column's best mean
+    marked: bool = False  # ... and significantly better than the runner-up
+
+
+class Table:
+    """Groups x columns of :class:`Cell`, against ``baseline`` (a group label or strategy)."""
+
+    def __init__(self, groups: Sequence[Group], columns: Sequence[Column], baseline: Optional[str] = "finetune",
+                 title: str = "") -> None:
+        self.groups = [g for g in groups if g.runs or g.failed]
+        if not any(g.runs for g in self.groups):
+            raise UserError("no finished runs to report; run them first (continual run / continual sweep)")
+        self.columns = list(columns)
+        self.title = title
+        self.baseline = find_group(self.groups, baseline) if baseline else None
+        self.cells: dict[tuple[str, str], Cell] = {}
+        for c in self.columns:
+            for g in self.groups:
+                versus = None
+                if self.baseline is not None and g is not self.baseline:
+                    versus = stats.paired(g.values(c.metric), self.baseline.values(c.metric))
+                self.cells[g.key, c.metric] = Cell(g.summary(c.metric), versus)
+            self._mark_best(c)
+
+    def _mark_best(self, c: Column) -> None:
+        ranked = sorted((g for g in self.groups if self.cells[g.key, c.metric].summary.n),
+                        key=lambda g: self.cells[g.key, c.metric].summary.mean, reverse=c.higher_is_better)
+        if not ranked:
+            return
+        best = self.cells[ranked[0].key, c.metric]
+        best.best = True
+        if len(ranked) > 1:
+            runner_up = stats.paired(ranked[0].values(c.metric), ranked[1].values(c.metric))
+            better = runner_up.diff > 0 if c.higher_is_better else runner_up.diff < 0
+            best.marked = better and runner_up.significant()
+
+    # -- rendering -----------------------------------------------------------------------------------
+    def n_text(self, g: Group) -> str:
+        return f"{len(g.runs)}" + (f" ({len(g.failed)} not finished)" if g.failed else "")
+
+    def markdown(self) -> str:
+        lines = []
+        if self.title:
+            lines += [f"**{self.title}**", ""]
+        head = ["method", "seeds"] + [c.title for c in self.columns]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for g in self.groups:
+            cells = [g.label, self.n_text(g)]
+            for c in self.columns:
+                cell = self.cells[g.key, c.metric]
+                text = _mean_std(cell.summary, c)
+                cells.append(f"**{text}**" if cell.marked else text)
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Mean ± std over seeds; the 95% interval of each mean is in the CSV. Bold: the best of the "
+                  "column and significantly better than the runner-up (paired t-test over their shared seeds, "
+                  "p < 0.05); no bold: the ranking is not established."]
+        if self.baseline is not None:
+            lines += ["", f"Against **{self.baseline.label}**, paired by seed: mean difference [95% interval]; "
+                      "p of the paired t-test / of the Wilcoxon signed-rank test (* where the t-test gives p < 0.05):",
+                      ""]
+            head = ["method", "pairs"] + [c.title for c in self.columns]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for g in self.groups:
+                if g is self.baseline:
+                    continue
+                versus = [self.cells[g.key, c.metric].versus for c in self.columns]
+                pairs = max((v.n for v in versus if v is not None), default=0)
+                lines.append("| " + " | ".join([g.label, str(pairs)] + [_difference(v, c) for v, c in
+                                                                      zip(versus, self.columns)]) + " |")
+            smallest = 2.0 / 2 ** max((len(g.runs) for g in self.groups), default=0)
+            if smallest >= stats.ALPHA:
+                lines += ["", f"(With {max(len(g.runs) for g in self.groups)} seeds the Wilcoxon test's smallest "
+                          f"possible p is {smallest:.3f}: it cannot reach 0.05; the t-test can.)"]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["group", "strategy", "metric", "unit", "n", "not_finished", "mean", "std", "ci95_low",
+                         "ci95_high", "best", "best_significant", "baseline", "pairs", "diff", "diff_ci95_low",
+                         "diff_ci95_high", "p_paired_t", "p_wilcoxon"])
+        for g in self.groups:
+            for c in self.columns:
+                cell = self.cells[g.key, c.metric]
+                s, v = cell.summary, cell.versus
+                writer.writerow([g.label, g.strategy, c.metric, c.unit, s.n, len(g.failed), s.mean, s.std, s.ci_low,
+                                 s.ci_high, int(cell.best), int(cell.marked),
+                                 self.baseline.label if self.baseline else "", *(
+                                     (v.n, v.diff, v.ci_low, v.ci_high, v.p_t, v.p_wilcoxon) if v else ("",) * 6)])
+        return out.getvalue()
+
+    def latex(self) -> str:
+        spec = "l" + "r" * (len(self.columns) + 1)
+        lines = [r"\begin{tabular}{" + spec + "}", r"\toprule",
+                 " & ".join(["method", "seeds"] + [_latex(c.title) for c in self.columns]) + r" \\", r"\midrule"]
+        for g in self.groups:
+            cells = [_latex(g.label), str(len(g.runs))]
+            for c in self.columns:
+                cell = self.cells[g.key, c.metric]
+                text = _mean_std(cell.summary, c).replace("±", r"$\pm$")
+                star = "^{*}" if cell.versus is not None and cell.versus.significant() else ""
+                text = (r"\textbf{" + text + "}" if cell.marked else text) + (f"${star}$" if star else "")
+                cells.append(text)
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        note = "% mean $\\pm$ std over seeds; bold: best and significantly better than the runner-up (paired t-test, p<0.05)"
+        if self.baseline is not None:
+            note += f"; $^*$: differs from {_latex(self.baseline.label)} (paired t-test, p<0.05)"
+        return "\n".join(lines + [note]) + "\n"
+
+    def render(self, fmt: str) -> str:
+        return {"md": self.markdown, "csv": self.csv, "latex": self.latex}[fmt]()
+
+
+def _digits(c: Column) -> int:
+    return 2 if c.unit == "x" else 1
+
+
+def _mean_std(s: stats.Summary, c: Column) -> str:
+    if s.n == 0:
+        return "-"
+    d = _digits(c)
+    return f"{s.mean:.{d}f}" + (f" ± {s.std:.{d}f}" if math.isfinite(s.std) else "")
+
+
+def _p(p: float) -> str:
+    return "-" if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _difference(v: Optional[stats.Paired], c: Column) -> str:
+    if v is None or v.n == 0:
+        return "-"
+    d = _digits(c)
+    text = f"{v.diff:+.{d}f}"
+    if math.isfinite(v.ci_low):
+        text += f" [{v.ci_low:+.{d}f}, {v.ci_high:+.{d}f}]"
+    return text + f"; p {_p(v.p_t)}{'*' if v.significant() else ''} / {_p(v.p_wilcoxon)}"
+
+
+def _latex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def columns_from(names: Optional[Sequence[str]], groups: Sequence[Group]) -> list[Column]:
+    """``--metrics`` names as columns, or the default columns of the runs' stream."""
+    return [column_for(n) for n in names] if names else default_columns(groups)
+
+
+def describe(table: Table) -> str:
+    """One line for the sweep's description: per column, the best group and whether it is
+    significantly ahead."""
+    parts = []
+    for c in table.columns:
+        best = next((g for g in table.groups if table.cells[g.key, c.metric].best), None)
+        if best is None:
+            continue
+        cell = table.cells[best.key, c.metric]
+        unit = c.unit if c.unit == "%" else f" {c.unit}"
+        parts.append(f"{c.header}: {best.label} {_mean_std(cell.summary, c)}{unit}"
+                     + ("" if cell.marked else " (not significantly ahead)"))
+    return "; ".join(parts)
+
+
+def title_of(groups: Sequence[Group]) -> str:
+    """What the runs are: the stream, its sessions, the number of groups and the seeds."""
+    runs = [r for g in groups for r in g.runs + g.failed]
+    streams = sorted({f"{r.params.get('stream.name', '?')}, {r.params.get('stream.n_sessions', '?')} sessions" for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    return f"{'; '.join(streams)}: {len(groups)} groups, seeds {', '.join(map(str, seeds))}"
+
+
+def from_store(target: str, tracking_uri: str, baseline: Optional[str] = None,
+               metrics: Optional[Sequence[str]] = None) -> Table:
+    """The table of runs already in a store: those nested under a sweep's parent run (``target``
+    a run id), or every seed run of an experiment (``target`` its name), grouped by config
+    without the seed. ``baseline`` None: finetune where the runs have it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from continual import groups as G
+
+    client = MlflowClient(tracking_uri)
+    within = None
+    experiment = client.get_experiment_by_name(target)
+    if experiment is None:
+        try:
+            parent = client.get_run(target)
+        except MlflowException:
+            names = ", ".join(e.name for e in client.search_experiments())
+            raise UserError(f"'{target}' is neither an experiment nor a run in {tracking_uri}; the experiments are: "
+                            f"{names or '(none)'}") from None
+        experiment_ids = [parent.info.experiment_id]
+        nested = client.search_runs(experiment_ids, filter_string=f"tags.`{G.PARENT_TAG}` = '{target}'")
+        within = {target} | {r.info.run_id for r in nested}
+    else:
+        experiment_ids = [experiment.experiment_id]
+    found = G.group(G.seed_runs(client, experiment_ids, within))
+    if baseline is None:  # finetune, where the runs have exactly one such group
+        try:
+            baseline = find_group(found, "finetune").label
+        except UserError:
+            baseline = None
+    return Table(found, columns_from(metrics, found), baseline, title=title_of(found))

@@ -1,0 +1,107 @@
+"""Statistics over seeds and the comparison table, against hand computations on known values."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+
+from continual import stats
+from continual.groups import RunRecord, group
+from continual.report import CLASS_INCREMENTAL, Table
+
+# Student's t quantile t_{0.975, 2}, closed form for 2 degrees of freedom:
+# t_{p,2} = (2p - 1) sqrt(2 / (4 p (1 - p)))
+T975_DF2 = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))
+
+
+def test_summary_is_mean_sample_std_and_the_t_interval():
+    s = stats.summarize([10.0, 12.0, 14.0])
+    assert (s.n, s.mean, s.std) == (3, 12.0, 2.0)
+    half = T975_DF2 * 2.0 / math.sqrt(3)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(12 - half, rel=1e-12), pytest.approx(12 + half, rel=1e-12))
+    # NaN (a metric a run did not log) does not count; one value has no spread
+    one = stats.summarize([5.0, float("nan")])
+    assert one.n == 1 and one.mean == 5.0 and math.isnan(one.std) and math.isnan(one.ci_low)
+    assert stats.summarize([]).n == 0
+
+
+def test_paired_tests_by_hand():
+    method = {0: 10.0, 1: 12.0, 2: 14.0, 7: 99.0}  # seed 7 has no baseline run: not a pair
+    baseline = {0: 8.0, 1: 11.0, 2: 11.0}
+    p = stats.paired(method, baseline)
+    # differences 2, 1, 3: mean 2, std 1, t = 2 / (1 / sqrt 3) = sqrt 12 with 2 degrees of freedom,
+    # whose CDF is 1/2 + t / (2 sqrt(2 + t^2)): p = 2 (1/2 - sqrt 12 / (2 sqrt 14))
+    assert p.n == 3 and p.diff == pytest.approx(2.0, rel=1e-12)
+    assert p.p_t == pytest.approx(1 - math.sqrt(12) / math.sqrt(14), rel=1e-9)
+    half = T975_DF2 / math.sqrt(3)
+    assert (p.ci_low, p.ci_high) == (pytest.approx(2 - half, rel=1e-12), pytest.approx(2 + half, rel=1e-12))
+    # Wilcoxon, exact: all 3 differences positive; of the 2^3 equally likely sign patterns, one is
+    # as extreme on each side: p = 2 / 8
+    assert p.p_wilcoxon == pytest.approx(0.25, rel=1e-12)
+    assert not p.significant()  # 0.074 > 0.05
+
+
+def test_paired_edge_cases():
+    same = stats.paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert same.diff == 0.0 and same.p_t == 1.0 and same.p_wilcoxon == 1.0
+    shifted = stats.paired({0: 2.0, 1: 3.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # no spread: certain
+    assert shifted.p_t == 0.0 and shifted.significant()
+    lone = stats.paired({0: 1.0}, {0: 0.0})
+    assert lone.n == 1 and math.isnan(lone.p_t)
+
+
+def runs(strategy: str, values: dict[int, dict[str, float]], status: str = "FINISHED", **params) -> list[RunRecord]:
+    return [RunRecord(f"{strategy}-{seed}", f"{strategy}-s{seed}", status, seed,
+                      {"strategy.name": strategy, "seed": str(seed), "stream.name": "digits", "stream.n_sessions": "2",
+                       **params}, metrics) for seed, metrics in values.items()]
+
+
+@pytest.fixture
+def table() -> Table:
+    fine = runs("finetune", {s: {"cl/forgetting": 90.0 + s, "retention/relative": 0.10 + 0.01 * s} for s in range(5)})
+    # far less forgetting on every seed (significant); retention a hair above finetune's on some
+    # seeds, below on others (not significant)
+    zscl = runs("zscl", {s: {"cl/forgetting": 40.0 + 2 * s, "retention/relative": 0.11 + 0.01 * (-1) ** s}
+                        for s in range(5)})
+    # seed 4 crashed: 4 finished runs; retention the best on average, but not on every seed
+    retention = {0: 0.12, 1: 0.105, 2: 0.14, 3: 0.125}
+    lwf = runs("lwf", {s: {"cl/forgetting": 85.0 + s, "retention/relative": retention[s]} for s in range(4)})
+    lwf += runs("lwf", {4: {}}, status="FAILED")
+    columns = [c for c in CLASS_INCREMENTAL if c.metric in ("cl/forgetting", "retention/relative")]
+    return Table(group(fine + zscl + lwf), columns, "finetune", title="digits")
+
+
+def test_table_counts_seeds_honestly_and_tests_against_the_baseline(table):
+    by_label = {g.label: g for g in table.groups}
+    assert len(by_label["lwf"].runs) == 4 and len(by_label["lwf"].failed) == 1
+    zscl = table.cells[by_label["zscl"].key, "cl/forgetting"]
+    assert zscl.summary.mean == pytest.approx(44.0) and zscl.versus.diff == pytest.approx(-48.0)
+    assert zscl.versus.significant()
+    text = table.markdown()
+    assert "| lwf | 4 (1 not finished) |" in text
+    assert "| finetune | 5 | 92.0 ± 1.6 | 0.12 ± 0.02 |" in text
+
+
+def test_the_best_is_marked_only_where_it_is_significantly_ahead(table):
+    by_label = {g.label: g for g in table.groups}
+    forgetting = table.cells[by_label["zscl"].key, "cl/forgetting"]
+    assert forgetting.best and forgetting.marked  # lower is better, and far ahead of lwf on every seed
+    retention = [table.cells[g.key, "retention/relative"] for g in table.groups]
+    best = next(c for c in retention if c.best)
+    assert best is table.cells[by_label["lwf"].key, "retention/relative"]
+    assert not best.marked  # lwf and finetune are close: the ranking is not established
+    md = table.markdown()
+    assert "**44.0 ± 3.2**" in md and md.count("**") == 3 * 2  # the title, the one bold cell, the baseline
+
+
+def test_csv_and_latex_carry_the_same_numbers(table):
+    rows = list(csv.DictReader(io.StringIO(table.csv())))
+    zscl = next(r for r in rows if r["group"] == "zscl" and r["metric"] == "cl/forgetting")
+    assert float(zscl["mean"]) == pytest.approx(44.0) and zscl["best_significant"] == "1" and zscl["n"] == "5"
+    assert float(zscl["p_paired_t"]) < 0.05 and zscl["baseline"] == "finetune"
+    assert float(zscl["ci95_low"]) < 44.0 < float(zscl["ci95_high"])
+    latex = table.latex()
+    assert r"\textbf{44.0 $\pm$ 3.2}$^{*}$" in latex and r"\begin{tabular}" in latex
