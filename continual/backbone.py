@@ -56,6 +56,8 @@ def register_model_configs() -> None:
       PyPI: timm's EfficientNet-Lite0 (ImageNet) at 128 px and the all-MiniLM-L6-v2 sentence
       model (mean pooling), with linear projections to a 256-d joint space.
     - ``tiny-vit`` (and any JSON in ``model_configs/``): small open_clip ViT/text transformers.
+    - ``RN50-text6``: Mod-X's model, OpenAI's RN50 image tower (QuickGELU) with a 6-layer text
+      transformer (CLIP's has 12), trained from scratch by ``configs/pretrain-modx-coco.yaml``.
     """
     global _registered
     if _registered:
@@ -108,6 +110,8 @@ class Backbone:
     image_trunk: Optional[nn.Module] = None
     text_trunk: Optional[nn.Module] = None
     base_meta: Optional[dict] = None
+    # open_clip's training transform (random-resized crop, scale 0.9-1.0), for stream.augment
+    preprocess_train: Optional[Callable] = None
 
     def fingerprint(self, part: str) -> str:
         """Content hash of a trunk's weights (or of the preprocessing alone): a cache key."""
@@ -272,8 +276,18 @@ def load_backbone(name: str, pretrained: str, trainable: str, train_logit_scale:
     else:
         model, preprocess, tokenizer = create_model(name, pretrained)
     set_trainable(model, trainable, train_logit_scale)
+    preprocess_train = training_transform(model)
     image_trunk, text_trunk = split_frozen_trunks(model) if split else (None, None)
-    return Backbone(name, model, preprocess, tokenizer, image_trunk, text_trunk, base_meta)
+    return Backbone(name, model, preprocess, tokenizer, image_trunk, text_trunk, base_meta, preprocess_train)
+
+
+def training_transform(model: nn.Module) -> Optional[Callable]:
+    """open_clip's training transform for the model's image size, mean and std:
+    RandomResizedCrop(scale 0.9-1.0, bicubic), RGB, tensor, normalise (CLIP's and ZSCL's)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None)
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=True) if cfg else None
 
 
 def load_weights(model: nn.Module, path: Path) -> dict:

@@ -65,7 +65,8 @@ def preflight(cfg: DictConfig, strict: bool = True) -> Checked:
     check_model_source(cfg.model.name, cfg.model.pretrained or "")
     if hasattr(strategy_cls, "check_model"):  # the method's fit to the model's towers, from its config
         strategy_cls.check_model(cfg.model.name, params)
-    on_this_machine(UserError(stream.data_missing) if stream.data_missing else None)
+    missing = stream.data_missing or getattr(strategy_cls, "data_missing", lambda _: None)(params)
+    on_this_machine(UserError(missing) if missing else None)  # the stream's data, or the method's own
     from continual.store import check_tracking_uri, writable_problem
 
     uri = tracking_uri(cfg)

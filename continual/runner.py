@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, distributed, faults, run_info
+from continual import checkpoint, distributed, faults, fidelity, run_info
 from continual import metrics as M
 from continual.config import to_dict, to_yaml
 from continual.context import StrategyContext
@@ -73,16 +73,19 @@ def plan(cfg: DictConfig) -> list[str]:
     templates = ("the stream's own, per class" if stream.templates is not None
                  else "captions as they are" if stream.kind == "pairs" else list(cfg.model.templates))
     lines = [f"model {cfg.model.name} (pretrained: {cfg.model.pretrained or 'random init'}, trainable: "
-             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {templates}"]
+             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {templates}"
+             + (" (training with each class's first)" if cfg.model.train_templates == "first" else "")]
     lines.append(f"strategy {cfg.strategy.name}: {strategy_cls.__doc__.strip().splitlines()[0]}")
     if params is not None:
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in vars(params).items()))
+    lines += getattr(strategy_cls, "plan_notes", lambda _: [])(params)  # e.g. where a method's extra data is
     t = cfg.train
     length = f"{t.iterations} iterations" if t.iterations else f"{t.epochs} epochs"
     session_lr = f", lr by session {dict(t.session_lr)}" if t.session_lr else ""
     loss = task_loss(cfg, stream)
-    lines.append(f"train: {length}/session, batch {t.batch_size}, {t.optimizer} lr {t.lr}{session_lr} "
-                 f"(wd {t.weight_decay}, {t.scheduler}, warm-up {t.warmup_steps}), label smoothing "
+    warmup = f"{t.warmup_fraction:.0%} of each session" if t.warmup_fraction else t.warmup_steps
+    lines.append(f"train: {length}/session, batch {t.batch_size}{', last partial batch dropped' if t.drop_last else ''}, "
+                 f"{t.optimizer} lr {t.lr}{session_lr} (wd {t.weight_decay}, {t.scheduler}, warm-up {warmup}), label smoothing "
                  f"{t.label_smoothing}, " + (f"cross-entropy over {t.label_space} classes" if loss == "ce"
                                             else "contrastive loss over the batch's pairs")
                  + "; eval: " + (f"accuracy among {cfg.eval.label_space} classes" if stream.kind == "classification"
@@ -91,6 +94,7 @@ def plan(cfg: DictConfig) -> list[str]:
     if cfg.control.name:
         control = CONTROLS.get(cfg.control.name, "control.name")(cfg.control)
         lines += _without_stream_concepts(control, stream, lambda line: lines.append("  " + line)).plan()
+    lines += fidelity.plan_lines(cfg, params, stream)
     lines.append(plan_line(cfg))
     lines.append(f"tracking: {tracking_uri(cfg)} (experiment '{cfg.tracking.experiment}')")
     return lines + [f"a run on this machine would stop: {reason}" for reason in checked.not_here]
@@ -136,8 +140,14 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
                              resolve_base=lambda name: resolve_base(name, echo))
 
-    def encode_images(ds, key):
-        return image_inputs(ds, key, backbone.preprocess, backbone.image_trunk, backbone.fingerprint("image"))
+    augment = cfg.stream.augment and backbone.image_trunk is None  # cached trunk features cannot be augmented
+    if cfg.stream.augment and not augment:
+        echo("stream.augment: off, the frozen image trunk's features are computed once and cached "
+             "(augmentation needs model.trainable=image or all)")
+
+    def encode_images(ds, key, train=False):
+        preprocess = backbone.preprocess_train if train and augment else backbone.preprocess
+        return image_inputs(ds, key, preprocess, backbone.image_trunk, backbone.fingerprint("image"))
 
     def encode_texts(texts):
         return text_inputs(texts, backbone.tokenizer, backbone.text_trunk, backbone.fingerprint("text"))
@@ -151,8 +161,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     echo(f"data ready in {time.perf_counter() - t0:.0f} s: " + "; ".join(stream.plan()[:1] + (control.plan() if control else [])))
 
     templates = per_class(class_templates(cfg, stream), len(stream.class_names))
-    classifier = ClipClassifier(backbone.model, stream.class_names,
-                                encode_texts(prompts(stream.class_names, templates)), [len(t) for t in templates])
+    classifier = ClipClassifier(backbone.model, stream.class_names, encode_texts(prompts(stream.class_names, templates)),
+                                [len(t) for t in templates], cfg.model.train_templates)
     diagnostics = ProbeDiagnostics.from_config(cfg, stream, control, classifier)  # None when switched off
     T = len(stream.sessions)
     matrices = {name: np.full((T + 1, T), np.nan) for name in MATRICES[stream.kind]}
@@ -178,7 +188,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             plugins.append(ProgressBar())
         seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
         context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
-                                  reference=reference_pairs(cfg, encode_images, encode_texts))
+                                  reference=reference_pairs(cfg, encode_images, encode_texts), encode_images=encode_images)
         strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
                                 plugins=plugins, device=str(device), eval_batch_size=cfg.eval.batch_size,
                                 evaluator=training_curves(logger) if distributed.is_main() else None,

@@ -50,3 +50,33 @@ def small_config(tmp_path, *overrides: str):
     from continual.config import load_config
 
     return load_config(None, small_overrides(tmp_path) + list(overrides))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A real `mlflow server` (sqlite backend) on a free local port; always stopped on teardown."""
+    from continual.server import start_server_process, stop_server_process, wait_healthy
+    from continual.store import TrackingError
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    artifacts = tmp_path / "server-artifacts"
+    proc = start_server_process(
+        f"sqlite:///{tmp_path}/server.db", str(artifacts), port, log_path=str(log)
+    )
+    try:
+        try:
+            wait_healthy(url, timeout=45.0, proc=proc)
+        except TrackingError as e:
+            pytest.fail(f"{e}\n--- server log ---\n{log.read_text()[-3000:]}")
+        yield url, artifacts
+    finally:
+        stop_server_process(proc)
+    assert proc.poll() is not None

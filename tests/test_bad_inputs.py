@@ -80,7 +80,7 @@ def test_config_mistakes(capsys, tmp_path, override, needle):
 
 
 def test_missing_and_invalid_config_files(capsys, tmp_path):
-    assert "config file not found" in fails(capsys, tmp_path, "run", str(tmp_path / "nope.yaml"))
+    assert "config not found" in fails(capsys, tmp_path, "run", str(tmp_path / "nope.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     assert "not valid YAML" in fails(capsys, tmp_path, "run", str(bad))
