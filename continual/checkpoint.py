@@ -3,7 +3,8 @@
 After every evaluated row i the runner stores, in ``OUTPUT_DIR/checkpoints/RUN_ID/``:
 
 - ``session_{i:03d}.safetensors``: the parameters that train (the rest is the base, rebuilt from
-  its recipe) and the torch RNG state; loaded without executing code;
+  its recipe), the torch RNG state and any ``extra`` tensors (e.g. the diagnostics' probe
+  features); loaded without executing code;
 - ``state.json``: the runner's state (matrix rows so far, control rows, per-session records),
   the strategy's own state, the numpy and Python RNG states, and the SHA-256 of the weights file.
 
@@ -27,18 +28,22 @@ from continual.errors import UserError
 
 STATE_FILE = "state.json"
 _RNG_KEY = "__rng__.torch"
+_EXTRA = "__extra__."
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be trusted (unreadable, truncated, altered)."""
 
 
-def save(folder: Path, session: int, model: torch.nn.Module, state: dict) -> Path:
-    """Write session ``session``'s checkpoint; returns the weights file."""
+def save(folder: Path, session: int, model: torch.nn.Module, state: dict,
+         extra: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    """Write session ``session``'s checkpoint; returns the weights file. ``extra`` tensors are
+    stored beside the weights (same file, same checksum) and come back as ``load(...)["extra"]``."""
     from safetensors.torch import save_file
 
     tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     tensors[_RNG_KEY] = torch.get_rng_state()
+    tensors.update({_EXTRA + k: v.detach().cpu().clone() for k, v in (extra or {}).items()})  # own memory each
     path = Path(folder) / f"session_{session:03d}.safetensors"
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
     state = dict(state, session=session, weights_file=path.name, weights_sha256=_sha256(path),
@@ -49,7 +54,7 @@ def save(folder: Path, session: int, model: torch.nn.Module, state: dict) -> Pat
 
 
 def load(folder: Path) -> Optional[dict]:
-    """The last complete checkpoint in ``folder`` (state plus ``tensors``), or None if none."""
+    """The last complete checkpoint in ``folder`` (state plus ``tensors`` and ``extra``), or None."""
     from safetensors.torch import load_file
 
     state_path = Path(folder) / STATE_FILE
@@ -65,7 +70,13 @@ def load(folder: Path) -> Optional[dict]:
     if digest != state["weights_sha256"]:
         raise CheckpointError(f"checkpoint {path} is corrupted (checksum mismatch: truncated or altered); "
                               "start afresh with --fresh")
-    state["tensors"] = load_file(str(path))
+    try:  # safetensors only: a pickle or anything else is refused, never executed
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is not a safetensors file ({str(exc).splitlines()[0]}); "
+                              "start afresh with --fresh") from None
+    state["extra"] = {k[len(_EXTRA):]: tensors.pop(k) for k in list(tensors) if k.startswith(_EXTRA)}
+    state["tensors"] = tensors
     return state
 
 
@@ -77,6 +88,12 @@ def restore(model: torch.nn.Module, checkpoint: dict) -> None:
     if set(tensors) != trainable:
         raise CheckpointError(f"checkpoint {checkpoint['weights_file']} does not match this model's trainable "
                               f"parameters ({len(tensors)} stored, {len(trainable)} expected); was the config changed?")
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    wrong = [n for n, t in tensors.items() if t.shape != shapes[n]]
+    if wrong:
+        raise CheckpointError(f"checkpoint {checkpoint['weights_file']} holds tensors of other shapes than this "
+                              f"model's ({len(wrong)}, e.g. {wrong[0]}: {list(tensors[wrong[0]].shape)} stored, "
+                              f"{list(shapes[wrong[0]])} expected); was the config changed? start afresh with --fresh")
     model.load_state_dict(tensors, strict=False)
     rng = checkpoint["rng"]
     state = rng["numpy"]
@@ -107,3 +124,11 @@ def _remove_older(folder: Path, keep: str) -> None:
     for old in folder.glob("session_*.safetensors"):
         if old.name != keep:
             old.unlink(missing_ok=True)
+
+
+def saved_session(folder: Path) -> Optional[int]:
+    """The session of the last complete checkpoint in ``folder`` (None if none), without loading it."""
+    try:
+        return int(json.loads((Path(folder) / STATE_FILE).read_text())["session"])
+    except (OSError, ValueError, KeyError):
+        return None

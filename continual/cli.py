@@ -38,9 +38,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (continual.signals)
+        from continual.signals import exit_status
+
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return exit_status(exc)
+    except Exception as exc:  # a tracking server gone, a full disk: one line too
+        from continual.faults import explain
+
+        message = explain(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(*config_and_overrides(args.config, args.overrides))
     from continual import runner
 
+    runner.check_resume_flags(args.resume, args.fresh)
+
     if args.dry_run:
         print("\n".join(runner.plan(cfg)))
         print("config valid; nothing trained (--dry-run)")
@@ -180,9 +192,11 @@ def final_report(result, cfg) -> str:
                   "columns = session j's test data",
                   "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(R.shape[1]))]
         lines += [f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row) for i, row in enumerate(R)] + [""]
+    from continual.probe_diagnostics import HEADLINE
+
     keys = {k: v for k, v in result.summary.items()
             if not k.startswith(("acc/session_", "i2t/session_", "t2i/session_", "retrieval/", "control/i2t_r5",
-                                 "control/i2t_r10", "control/t2i_r5", "control/t2i_r10"))}
+                                 "control/i2t_r10", "control/t2i_r5", "control/t2i_r10", "diag/")) or k in HEADLINE}
     lines += ["Summary after the last session:", format_summary(keys), ""]
     lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     if not cfg.tracking.uri:
@@ -275,8 +289,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     summary["sessions"] = float(R.shape[1])
     summary["initial_row"] = float(initial)
-    if args.format == "json":
-        print(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in summary.items()}, indent=2))
+    if args.format == "json":  # strict JSON: an undefined metric is null, never NaN or Infinity
+        print(json.dumps({k: (float(v) if np.isfinite(v) else None) for k, v in summary.items()}, indent=2,
+                         allow_nan=False))
     else:
         print(M.format_summary(summary))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
 from continual import shipped
 from continual.errors import ConfigError
@@ -33,6 +33,12 @@ EVAL_METRICS = ("auto", "accuracy", "retrieval")
 SESSION_BY = ("group", "source", "slices")
 ON_CORRUPT = ("error", "skip")
 PRECISIONS = ("fp32", "bf16")
+TEMPLATE_USE = ("all", "first")
+SAMPLINGS = ("pair", "image")
+TEST_BY = ("session", "source")
+HOLDOUTS = ("per_class", "random")
+KARPATHY_TRAIN_SPLITS = ("train", "restval", "val")
+PROBES = ("auto", "control", "stream")
 
 
 @dataclass
@@ -48,6 +54,9 @@ class ModelConfig:
     train_logit_scale: bool = False
     # Prompt templates for class names; "{}" is replaced by the class name.
     templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
+    # Templates the training loss uses: all (the mean of every template's feature) | first (each
+    # class's first template, as ZSCL trains; evaluation always uses all).
+    train_templates: str = "all"
 
 
 @dataclass
@@ -87,6 +96,22 @@ class StreamConfig:
     sources: List[str] = field(default_factory=list)
     session_by: str = "group"
     slices: List[int] = field(default_factory=list)
+    # Karpathy splits trained on (train, restval, val); "test" is always the test data.
+    train_splits: List[str] = field(default_factory=lambda: ["train", "restval"])
+    # One training example per pair | per image, with one of its captions drawn at random at
+    # every visit (Mod-X's loaders).
+    sampling: str = "pair"
+    # Test pairs of a session: its own (the test images of its group or slice) | the whole test
+    # split of its source, whatever slice trained (Mod-X: Flickr30K 1K after every phase).
+    test_by: str = "session"
+    # -- training images: random-resized crop (scale 0.9-1.0, CLIP's and ZSCL's training
+    # transform) at every visit; not with cached frozen-trunk features.
+    augment: bool = False
+    # -- datasets without a test split (MTIL: Caltech101, EuroSAT, SUN397): per_class (a seeded
+    # test_fraction of each class) | random (one random split of all images, as ZSCL:
+    # random_split(1 - test_fraction), seed 42); split_seed null = the run's seed.
+    holdout: str = "per_class"
+    split_seed: Optional[int] = None
 
 
 @dataclass
@@ -97,6 +122,8 @@ class ControlConfig:
     # Must match the base's held-out split so that the control data is truly unseen.
     heldout_fraction: float = 0.15
     split_seed: int = 0
+    # Manifest control sets (manifest-test): the Karpathy splits on the training side.
+    train_splits: List[str] = field(default_factory=lambda: ["train", "restval"])
 
 
 @dataclass
@@ -112,6 +139,10 @@ class TrainConfig:
     momentum: float = 0.9
     scheduler: str = "cosine"
     warmup_steps: int = 0
+    # Warm-up over this fraction of each session's steps (Mod-X: 0.2); 0 = warmup_steps.
+    warmup_fraction: float = 0.0
+    # Drop each epoch's last partial batch (Mod-X's loaders).
+    drop_last: bool = False
     label_smoothing: float = 0.0
     # Classes the training loss ranges over: seen so far | current session | all of the stream.
     label_space: str = "seen"
@@ -150,6 +181,25 @@ class EvalConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    # Spatial-disorder diagnostics after every session (continual/diagnostics.py): rotation of
+    # each modality, inter-modal deviation, modality gap, neighbour ranks; false = off.
+    enabled: bool = True
+    # The probe data: control (the control pairs, never trained on) | stream (every session's
+    # test data: pairs, or images with their class's first prompt) | auto (control when there
+    # is control data, else stream).
+    probe: str = "auto"
+    # At most this many probe images (a seeded sample; 0 = all): bounds the n x n matrices.
+    max_items: int = 1000
+    # Neighbours per item compared by diag/*/knn_overlap.
+    neighbours: int = 10
+    # Figures as MLflow artifacts after every session (angle distributions, 2-D view).
+    figures: bool = True
+    # Probe pairs drawn in the 2-D view.
+    view_items: int = 6
+
+
+@dataclass
 class TrackingConfig:
     # MLflow tracking URI; null = sqlite store in output_dir (sqlite:///OUTPUT_DIR/mlflow.db).
     uri: Optional[str] = None
@@ -171,6 +221,7 @@ class ExperimentConfig:
     strategy: Dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -181,15 +232,22 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
     if path is not None:
         path = shipped.resolve(path)
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors are multi-line: keep the first line
             raise ConfigError(f"{path}: not valid YAML: {_first_line(exc)}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level is a list; a config is a mapping of sections "
+                              "(model:, stream:, train:, ...), as in configs/default.yaml")
+        if not loaded:  # a run of the schema's defaults is never what an empty file meant
+            raise ConfigError(f"{path} is empty (it sets nothing); give a config such as configs/default.yaml")
+        layers.append(loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.merge(*layers)
+        OmegaConf.to_container(cfg, resolve=True)  # every ${...} interpolation resolves
     except OmegaConfBaseException as exc:
         raise _explain(exc) from None
     validate(cfg)
@@ -198,6 +256,8 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
 
 def validate(cfg: DictConfig) -> None:
     """Range and name checks the schema's types cannot express."""
+    if not 0 <= cfg.seed < 2**32:  # numpy's and scikit-learn's seeds
+        raise ConfigError(f"seed must be in 0..{2**32 - 1}, got {cfg.seed}")
     _positive(cfg, "stream.n_sessions", "train.batch_size", "eval.batch_size")
     _positive(cfg, "train.accumulation_steps")
     _non_negative(cfg, "train.epochs", "train.weight_decay", "train.warmup_steps", "train.iterations", "train.workers",
@@ -222,6 +282,21 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.loss", LOSSES)
     _choice(cfg, "stream.session_by", SESSION_BY)
     _choice(cfg, "stream.on_corrupt", ON_CORRUPT)
+    if not 0 <= cfg.train.warmup_fraction < 1:
+        raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {cfg.train.warmup_fraction}")
+    _choice(cfg, "model.train_templates", TEMPLATE_USE)
+    _choice(cfg, "stream.sampling", SAMPLINGS)
+    _choice(cfg, "stream.test_by", TEST_BY)
+    _choice(cfg, "stream.holdout", HOLDOUTS)
+    for key in ("stream.train_splits", "control.train_splits"):
+        for i, split in enumerate(_get(cfg, key)):
+            check_choice(f"{key}[{i}]", split, KARPATHY_TRAIN_SPLITS)
+    _choice(cfg, "diagnostics.probe", PROBES)
+    _non_negative(cfg, "diagnostics.max_items", "diagnostics.view_items")
+    _positive(cfg, "diagnostics.neighbours")
+    if cfg.diagnostics.enabled and cfg.diagnostics.probe == "control" and cfg.control.name is None:
+        raise ConfigError("diagnostics.probe=control needs control data, but control.name is null; "
+                          "set diagnostics.probe=stream, or diagnostics.enabled=false")
     if not 0 < cfg.stream.test_fraction < 1:
         raise ConfigError(f"stream.test_fraction must be in (0, 1), got {cfg.stream.test_fraction}")
     for name, lr in cfg.train.session_lr.items():
@@ -240,14 +315,25 @@ def validate(cfg: DictConfig) -> None:
 
 
 def strategy_params(cfg: DictConfig, params_cls: type | None) -> Any:
-    """Validate ``strategy.*`` (minus ``name``) against the strategy's ``Params`` dataclass."""
+    """Validate ``strategy.*`` (minus ``name``) against the strategy's ``Params`` dataclass.
+
+    ``strategy.preset: NAME`` takes the method's preset ``Params.PRESETS[NAME]`` (e.g. ``mtil``:
+    ZSCL's MTIL script for that method) as the defaults under the keys given beside it; a method
+    without parameters has nothing to preset.
+    """
     given = {k: v for k, v in OmegaConf.to_container(cfg.strategy, resolve=True).items() if k != "name"}
+    preset = given.pop("preset", None)
     if params_cls is None:
         if given:
             raise ConfigError(f"strategy.{next(iter(given))}: strategy '{cfg.strategy.name}' takes no parameters")
         return None
+    presets = getattr(params_cls, "PRESETS", {})
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"strategy.preset: '{preset}' is not a preset of strategy '{cfg.strategy.name}'; "
+                          + (f"choose one of: {', '.join(presets)}" if presets else "it has none")
+                          + " (or strategy.preset=null)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(params_cls), given)
+        merged = OmegaConf.merge(OmegaConf.structured(params_cls), presets.get(preset, {}), given)
     except OmegaConfBaseException as exc:
         raise _explain(exc, prefix="strategy.", allowed=[f.name for f in dataclasses.fields(params_cls)]) from None
     return OmegaConf.to_object(merged)
@@ -279,6 +365,9 @@ def _explain(exc: OmegaConfBaseException, prefix: str = "", allowed: List[str] |
         if m:
             return ConfigError(f"{key}: expected {m.group(2)}, got '{m.group(1)}'")
         return ConfigError(f"{key}: {msg}" + (f" (expected {expected})" if expected else ""))
+    if isinstance(exc, InterpolationResolutionError):
+        return ConfigError(f"{key or 'config'}: {_first_line(exc)}; fix the ${{...}} reference "
+                           "(a dotted key from the top of the config, e.g. ${model.name})")
     return ConfigError(f"{key or 'config'}: {_first_line(exc)}")
 
 

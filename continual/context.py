@@ -25,12 +25,15 @@ class StrategyContext:
     - ``text_trunk``: the frozen text trunk, or None when the text tower takes tokens.
     - ``reference()``: image-caption pairs that are neither a session's data nor the control's
       (the base's own training pairs), built on first call; None when there are none.
+    - ``encode_images(dataset, key)``: the model's image inputs for a dataset of (PIL image, ...)
+      items (for data a method reads itself, e.g. ZSCL's configured reference images).
     """
 
     encode_texts: Callable[[list], torch.Tensor]
     tokenizer: Callable
     text_trunk: Optional[nn.Module] = None
     reference: Optional[Callable[[], ControlSet]] = None
+    encode_images: Optional[Callable] = None
 
     @torch.no_grad()
     def tokens_to_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -40,9 +43,12 @@ class StrategyContext:
 
 def from_backbone(backbone, reference: Optional[Callable[[], ControlSet]] = None) -> StrategyContext:
     """The context of a :class:`continual.backbone.Backbone` (uncached text encoding)."""
-    from continual.features import text_inputs
+    from continual.features import image_inputs, text_inputs
 
     def encode(texts):
         return text_inputs(texts, backbone.tokenizer, backbone.text_trunk, backbone.fingerprint("text"))
 
-    return StrategyContext(encode, backbone.tokenizer, backbone.text_trunk, reference)
+    def encode_images(dataset, key):
+        return image_inputs(dataset, key, backbone.preprocess, backbone.image_trunk, backbone.fingerprint("image"))
+
+    return StrategyContext(encode, backbone.tokenizer, backbone.text_trunk, reference, encode_images)

@@ -192,14 +192,16 @@ def local_batch_size(global_batch: int, accumulation_steps: int = 1, what: str =
     return global_batch // parts
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int = 0, collate_fn: Any = None) -> DataLoader:
+def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int = 0, collate_fn: Any = None,
+                 drop_last: bool = False) -> DataLoader:
     """This rank's shard of ``dataset``, reshuffled every epoch (:func:`set_epoch`) from ``seed``.
 
     DistributedSampler pads the last shard with a few repeated examples (fewer than W) so that
-    every rank runs the same number of equal-sized steps.
+    every rank runs the same number of equal-sized steps; ``drop_last`` drops each shard's last
+    partial batch (the same on every rank: the shards are of equal size).
     """
     sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       persistent_workers=workers > 0, collate_fn=collate_fn,
                       pin_memory=torch.cuda.is_available())
 

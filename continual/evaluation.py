@@ -55,14 +55,22 @@ def encode_all(encode: Any, inputs: Any, batch_size: int, device: torch.device |
 
 
 @torch.no_grad()
-def retrieval(model: torch.nn.Module, control: ControlSet, batch_size: int = 256) -> dict[str, float]:
-    """Image-to-text and text-to-image R@1/5/10 and median ranks on the control pairs (under
-    torchrun every process encodes its shard; the features are gathered in order)."""
+def pair_features(model: torch.nn.Module, image_inputs: Any, text_inputs: Any,
+                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image and text features of ``model`` in eval mode (under torchrun every
+    process encodes its shard; the features are gathered in order)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # a model without parameters: the CPU
-    images = distributed.gather_rows(encode_all(model.encode_image, distributed.shard(control.image_inputs), batch_size, device))
-    texts = distributed.gather_rows(encode_all(model.encode_text, distributed.shard(control.text_inputs), batch_size, device))
+    images = distributed.gather_rows(encode_all(model.encode_image, distributed.shard(image_inputs), batch_size, device))
+    texts = distributed.gather_rows(encode_all(model.encode_text, distributed.shard(text_inputs), batch_size, device))
     model.train(was_training)
+    return images, texts
+
+
+@torch.no_grad()
+def retrieval(model: torch.nn.Module, control: ControlSet, batch_size: int = 256) -> dict[str, float]:
+    """Image-to-text and text-to-image R@1/5/10 and median ranks on the control pairs."""
+    images, texts = pair_features(model, control.image_inputs, control.text_inputs, batch_size)
     sim = (images @ texts.t()).cpu().numpy().astype(np.float64)
     return retrieval_metrics(sim, control.caption_image.numpy())

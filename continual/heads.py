@@ -49,10 +49,12 @@ class ClipClassifier(nn.Module):
     ``prompts(class_names, templates)``; ``n_templates`` is the number of templates of every
     class, or a list with each class's number. ``forward`` returns logits over all classes in
     label order; restricting to a label space is the loss's job (see ``restrict``).
+    ``train_templates="first"``: in training mode W uses each class's first template only (ZSCL
+    trains so); in eval mode always the mean over all templates.
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str], text_inputs: torch.Tensor,
-                 n_templates: int | Sequence[int]) -> None:
+                 n_templates: int | Sequence[int], train_templates: str = "all") -> None:
         super().__init__()
         self.model = model
         self.class_names = list(class_names)
@@ -64,7 +66,8 @@ class ClipClassifier(nn.Module):
         self.register_buffer("counts", torch.tensor(counts, dtype=torch.long), persistent=False)
         self.register_buffer("starts", torch.cumsum(self.counts, 0) - self.counts, persistent=False)
         self.register_buffer("text_inputs", text_inputs, persistent=False)
-        self._cache: Optional[torch.Tensor] = None
+        self.train_templates = train_templates
+        self._cache: dict[str, torch.Tensor] = {}  # W by templates used ("all" | "first")
 
     def prompt_rows(self, classes: Sequence[int]) -> list[int]:
         """Rows of ``text_inputs`` holding the prompts of ``classes`` (class-major)."""
@@ -74,28 +77,40 @@ class ClipClassifier(nn.Module):
         return any(p.requires_grad for n, p in self.model.named_parameters()
                    if not is_image_param(n) and n not in ("logit_scale", "logit_bias"))
 
-    def class_embeddings(self, classes: Optional[torch.Tensor | Sequence[int]] = None) -> torch.Tensor:
+    def class_embeddings(self, classes: Optional[torch.Tensor | Sequence[int]] = None,
+                         templates: Optional[str] = None) -> torch.Tensor:
         """W: [n_classes, dim] (or the rows of ``classes``, repeats allowed), normalised.
 
+        ``templates``: "all" | "first"; default: ``train_templates`` while training, else "all".
         Cached unless the text side is being trained; then only ``classes`` are encoded (an
         image-text batch encodes its own captions, not the whole stream's)."""
+        if templates is None:
+            templates = self.train_templates if self.training else "all"
         needs_grad = self.training and torch.is_grad_enabled() and self.text_trainable()
         if not needs_grad:
-            if self._cache is None:
+            if templates not in self._cache:
                 with torch.no_grad():
-                    self._cache = self._embed(torch.arange(len(self.class_names)))
-            return self._cache if classes is None else self._cache[torch.as_tensor(classes, dtype=torch.long)]
+                    self._cache[templates] = self._embed(torch.arange(len(self.class_names)), templates)
+            cached = self._cache[templates]
+            return cached if classes is None else cached[torch.as_tensor(classes, dtype=torch.long)]
         if classes is None:
-            return self._embed(torch.arange(len(self.class_names)))
+            return self._embed(torch.arange(len(self.class_names)), templates)
         wanted = torch.as_tensor(classes, dtype=torch.long)
         unique, inverse = torch.unique(wanted, return_inverse=True)
-        return self._embed(unique)[inverse]
+        return self._embed(unique, templates)[inverse]
 
-    def _embed(self, classes: torch.Tensor) -> torch.Tensor:
-        """Normalised mean over each class's templates of its normalised prompt features."""
-        counts = self.counts[classes]
-        rows = torch.tensor(self.prompt_rows(classes.tolist()), dtype=torch.long, device=self.text_inputs.device)
-        feats = F.normalize(encode_text(self.model, self.text_inputs[rows]), dim=-1)  # padding cut: same features
+    def _embed(self, classes: torch.Tensor, templates: str = "all", chunk: int = 1024) -> torch.Tensor:
+        """Normalised mean over each class's templates (or its first) of its normalised prompt
+        features (without gradient, ``chunk`` prompts at a time: an image-text stream has a class
+        per caption)."""
+        if templates == "first":
+            counts = torch.ones_like(self.counts[classes])
+            rows = self.starts[classes].to(self.text_inputs.device)
+        else:
+            counts = self.counts[classes]
+            rows = torch.tensor(self.prompt_rows(classes.tolist()), dtype=torch.long, device=self.text_inputs.device)
+        parts = [rows] if torch.is_grad_enabled() else rows.split(chunk)
+        feats = F.normalize(torch.cat([encode_text(self.model, self.text_inputs[part]) for part in parts]), dim=-1)  # padding cut
         owner = torch.repeat_interleave(torch.arange(len(classes), device=feats.device), counts.to(feats.device))
         sums = torch.zeros(len(classes), feats.shape[1], dtype=feats.dtype, device=feats.device).index_add(0, owner, feats)
         return F.normalize(sums / counts.to(feats.device, feats.dtype)[:, None], dim=-1)
@@ -106,12 +121,12 @@ class ClipClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> "ClipClassifier":
         if self.text_trainable():  # text features may change while training
-            self._cache = None
+            self._cache = {}
         return super().train(mode)
 
     def invalidate(self) -> None:
         """Drop cached class features (call after changing text weights outside training)."""
-        self._cache = None
+        self._cache = {}
 
     def logits(self, image_features: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """s * f_I(x) W^T over all classes (or the columns of ``classes``)."""

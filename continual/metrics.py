@@ -210,8 +210,9 @@ def load_matrix_csv(path: str | Path) -> np.ndarray:
       ``to_csv`` writes ``,0,1,2`` over an integer index).
 
     Blank lines are skipped. Raises ValueError (one line, naming the file) when
-    the file has no data rows, rows of different lengths, or a non-numeric cell
-    (reported with its 1-based line and column in the file).
+    the file has no data rows, rows of different lengths, a non-numeric cell, or
+    a value outside 0..100 (infinities included; NaN passes: a cell not
+    evaluated), reported with its 1-based line and column in the file.
     """
     path = Path(path)
     with open(path, newline="") as f:
@@ -258,6 +259,11 @@ def load_matrix_csv(path: str | Path) -> np.ndarray:
                 raise ValueError(
                     f"{path}: non-numeric cell {cells[c]!r} at line {lineno}, column {c + 1}"
                 ) from None
+            if not 0 <= data[r, c - first] <= 100 and not math.isnan(data[r, c - first]):
+                raise ValueError(
+                    f"{path}: cell {cells[c]!r} at line {lineno}, column {c + 1} is not an accuracy "
+                    f"(0..100 in %, or 0..1)"
+                )
     return data
 
 

@@ -27,12 +27,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, distributed, run_info
+from continual import checkpoint, distributed, faults, fidelity, run_info
 from continual import metrics as M
-from continual.config import strategy_params, to_dict, to_yaml
+from continual.config import to_dict, to_yaml
 from continual.context import StrategyContext
-from continual.errors import ConfigError, UserError
-from continual.registry import CONTROLS, STRATEGIES, STREAMS
+from continual.errors import UserError
+from continual.locks import RunLock
+from continual.preflight import preflight, task_loss, tracking_uri
+from continual.probe_diagnostics import ProbeDiagnostics, plan_line
+from continual.registry import CONTROLS
+from continual.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
 
@@ -62,24 +66,26 @@ def seed_everything(seed: int) -> None:
 
 
 def plan(cfg: DictConfig) -> list[str]:
-    """The run's plan, from the config and the data (no model is built, nothing trains)."""
-    strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
-    params = strategy_params(cfg, strategy_cls.Params)
-    stream = STREAMS.get(cfg.stream.name, "stream.name")(cfg.stream, cfg.seed)
-    check_fit(cfg, strategy_cls, stream)
+    """The run's plan, from the config and the data (no model is built, nothing trains), after the
+    checks a real run makes (absent data aside: the plan then shows nominal counts)."""
+    checked = preflight(cfg, strict=False)
+    strategy_cls, params, stream = checked.strategy_cls, checked.params, checked.stream
     templates = ("the stream's own, per class" if stream.templates is not None
                  else "captions as they are" if stream.kind == "pairs" else list(cfg.model.templates))
     lines = [f"model {cfg.model.name} (pretrained: {cfg.model.pretrained or 'random init'}, trainable: "
-             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {templates}"]
+             f"{strategy_cls.backbone_trainable or cfg.model.trainable}), templates {templates}"
+             + (" (training with each class's first)" if cfg.model.train_templates == "first" else "")]
     lines.append(f"strategy {cfg.strategy.name}: {strategy_cls.__doc__.strip().splitlines()[0]}")
     if params is not None:
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in vars(params).items()))
+    lines += getattr(strategy_cls, "plan_notes", lambda _: [])(params)  # e.g. where a method's extra data is
     t = cfg.train
     length = f"{t.iterations} iterations" if t.iterations else f"{t.epochs} epochs"
     session_lr = f", lr by session {dict(t.session_lr)}" if t.session_lr else ""
     loss = task_loss(cfg, stream)
-    lines.append(f"train: {length}/session, batch {t.batch_size}, {t.optimizer} lr {t.lr}{session_lr} "
-                 f"(wd {t.weight_decay}, {t.scheduler}, warm-up {t.warmup_steps}), label smoothing "
+    warmup = f"{t.warmup_fraction:.0%} of each session" if t.warmup_fraction else t.warmup_steps
+    lines.append(f"train: {length}/session, batch {t.batch_size}{', last partial batch dropped' if t.drop_last else ''}, "
+                 f"{t.optimizer} lr {t.lr}{session_lr} (wd {t.weight_decay}, {t.scheduler}, warm-up {warmup}), label smoothing "
                  f"{t.label_smoothing}, " + (f"cross-entropy over {t.label_space} classes" if loss == "ce"
                                             else "contrastive loss over the batch's pairs")
                  + "; eval: " + (f"accuracy among {cfg.eval.label_space} classes" if stream.kind == "classification"
@@ -88,16 +94,13 @@ def plan(cfg: DictConfig) -> list[str]:
     if cfg.control.name:
         control = CONTROLS.get(cfg.control.name, "control.name")(cfg.control)
         lines += _without_stream_concepts(control, stream, lambda line: lines.append("  " + line)).plan()
+    lines += fidelity.plan_lines(cfg, params, stream)
+    lines.append(plan_line(cfg))
     lines.append(f"tracking: {tracking_uri(cfg)} (experiment '{cfg.tracking.experiment}')")
-    return lines
+    return lines + [f"a run on this machine would stop: {reason}" for reason in checked.not_here]
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    from continual.store import default_tracking_uri
-
-    return cfg.tracking.uri or default_tracking_uri(cfg.output_dir)
-
-
+@sigterm_as_interrupt  # SIGTERM ends the run as Ctrl-C does: KILLED, resumable
 def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Optional[str] = None,
         fresh: bool = False, parent: Optional[str] = None) -> RunResult:
     """Run the experiment ``cfg`` end to end and return its matrices and summary.
@@ -110,41 +113,41 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.features import image_inputs, text_inputs
     from continual.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
-    from continual.store import check_tracking_uri, default_artifact_root, open_in_background
+    from continual.store import default_artifact_root, ensure_store
     from continual.tracking import MLflowLogger
     from continual.training_curves import training_curves
 
+    # Everything that can be wrong with the input fails here, before any model is built.
+    seed_everything(cfg.seed)
+    checked = preflight(cfg)  # the same checks as --dry-run's
+    strategy_cls, params, stream_fn, uri = checked.strategy_cls, checked.params, checked.stream_fn, checked.uri
     # Under torchrun: join the process group; only rank 0 speaks.
     device = distributed.init(cfg.device)
     if not distributed.is_main():
         echo, progress = (lambda _: None), False
-    # Everything that can be wrong with the input fails here, before any model is built.
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
-    params = strategy_params(cfg, strategy_cls.Params)
-    stream_fn = STREAMS.get(cfg.stream.name, "stream.name")
-    planned = stream_fn(cfg.stream, cfg.seed)
-    check_fit(cfg, strategy_cls, planned)  # split valid, method fits
-    if planned.data_missing:  # a plan from nominal counts: stop before anything is built
-        raise UserError(planned.data_missing)
     distributed.local_batch_size(cfg.train.batch_size, cfg.train.accumulation_steps)  # divides over processes
-    uri = tracking_uri(cfg)
-    check_tracking_uri(uri)
     fingerprint = config_fingerprint(cfg)
-    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh, parent)
-                                          if distributed.is_main() else None)
+    run_lock = RunLock(Path(cfg.output_dir) / "checkpoints")  # one process trains a run at a time
     if distributed.is_main():
-        open_in_background(uri)  # ready by the time the data is
+        ensure_store(uri)  # created once, whole, however many runs start together
+    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh, parent, run_lock)
+                                          if distributed.is_main() else None)
 
     distributed.local_first_begin()  # one process per machine builds the base and caches features first
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
     backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
                              resolve_base=lambda name: resolve_base(name, echo))
 
-    def encode_images(ds, key):
-        return image_inputs(ds, key, backbone.preprocess, backbone.image_trunk, backbone.fingerprint("image"))
+    augment = cfg.stream.augment and backbone.image_trunk is None  # cached trunk features cannot be augmented
+    if cfg.stream.augment and not augment:
+        echo("stream.augment: off, the frozen image trunk's features are computed once and cached "
+             "(augmentation needs model.trainable=image or all)")
+
+    def encode_images(ds, key, train=False):
+        preprocess = backbone.preprocess_train if train and augment else backbone.preprocess
+        return image_inputs(ds, key, preprocess, backbone.image_trunk, backbone.fingerprint("image"))
 
     def encode_texts(texts):
         return text_inputs(texts, backbone.tokenizer, backbone.text_trunk, backbone.fingerprint("text"))
@@ -158,8 +161,9 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     echo(f"data ready in {time.perf_counter() - t0:.0f} s: " + "; ".join(stream.plan()[:1] + (control.plan() if control else [])))
 
     templates = per_class(class_templates(cfg, stream), len(stream.class_names))
-    classifier = ClipClassifier(backbone.model, stream.class_names,
-                                encode_texts(prompts(stream.class_names, templates)), [len(t) for t in templates])
+    classifier = ClipClassifier(backbone.model, stream.class_names, encode_texts(prompts(stream.class_names, templates)),
+                                [len(t) for t in templates], cfg.model.train_templates)
+    diagnostics = ProbeDiagnostics.from_config(cfg, stream, control, classifier)  # None when switched off
     T = len(stream.sessions)
     matrices = {name: np.full((T + 1, T), np.nan) for name in MATRICES[stream.kind]}
     control_rows: list[dict] = []
@@ -175,6 +179,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     ) if distributed.is_main() else distributed.SilentLogger(None)
     logger.run_id = distributed.broadcast_object(logger.run_id)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / logger.run_id
+    if distributed.is_main():
+        run_lock.acquire(logger.run_id)  # a new run: nobody else can hold it yet
     try:
         plugins = []
         if progress:
@@ -182,7 +188,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             plugins.append(ProgressBar())
         seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
         context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
-                                  reference=reference_pairs(cfg, encode_images, encode_texts))
+                                  reference=reference_pairs(cfg, encode_images, encode_texts), encode_images=encode_images)
         strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
                                 plugins=plugins, device=str(device), eval_batch_size=cfg.eval.batch_size,
                                 evaluator=training_curves(logger) if distributed.is_main() else None,
@@ -214,8 +220,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             control_rows[:], sessions[:] = state["control"], state["sessions"]
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
-            if distributed.is_main() and k not in _logged_steps(uri, logger.run_id):  # crash between checkpoint and log
-                logger.hold_metrics(state.get("held_metrics", []))
+            if diagnostics is not None:
+                diagnostics.restore(state["extra"])
+            if distributed.is_main():  # what a crash kept from the log (the logger skips points already logged)
+                logger.hold_metrics(state.get("held_metrics", []))  # the session's training curves
                 log_row(k, sessions[k])
             first = k + 1
             echo(f"MLflow run {logger.run_id} in {uri}: resuming after session {k} of {T}")
@@ -242,13 +250,16 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 from continual.evaluation import retrieval
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
+            if diagnostics is not None:  # spatial disorder since row 0 and since the row before
+                record.update(diagnostics.after_row(i, classifier.model, logger))
             sessions.append(record)
             if distributed.is_main():
                 checkpoint.save(ckpt_dir, i, classifier.model, {
                     "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
                     "control": control_rows, "sessions": sessions,
                     "strategy": strategy.resume_state(), "run_id": logger.run_id,
-                    "held_metrics": logger.held_metrics()})  # the session's training curves, sent by log_row
+                    "held_metrics": logger.held_metrics()},  # the session's training curves, sent by log_row
+                    extra=diagnostics.tensors() if diagnostics is not None else None)
             echo(describe_row(i, log_row(i, record)))
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}
@@ -259,8 +270,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                          **{k: m.tolist() for k, m in matrices.items()}}, "summary.json")
         logger.finish("FINISHED")
     except BaseException as exc:
-        logger.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        faults.end_run(logger, exc, ckpt_dir)  # KILLED on a signal, else FAILED; raises the one line to show
         raise
+    finally:
+        run_lock.release()
     first = next(iter(matrices.values()))
     return RunResult(logger.run_id, uri, first, control_rows, summary, sessions, matrices)
 
@@ -273,11 +286,14 @@ def config_fingerprint(cfg: DictConfig) -> str:
 
 
 def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[str], fresh: bool,
-                  parent: Optional[str] = None) -> Optional[str]:
-    """The run to continue: ``resume`` (checked to be of this config), else the newest unfinished
-    run of this config (under the same ``parent``) that has a checkpoint, else None (a new run)."""
+                  parent: Optional[str] = None, lock: Optional[RunLock] = None) -> Optional[str]:
+    """The run to continue: ``resume`` (checked to be of this config and unfinished), else the
+    newest unfinished run of this config (under the same ``parent``) that has a checkpoint, else
+    None (a new run). With ``lock``, the run returned is held by this process (RunBusyError if
+    another holds it)."""
     from continual.store import find_runs
 
+    check_resume_flags(resume, fresh)
     if resume:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -289,7 +305,7 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
         if found.data.tags.get("config_fingerprint") != fingerprint:
             raise UserError(f"--resume {resume}: that run was started with a different config; "
                             "give the same config and overrides, or drop --resume")
-        return resume
+        return _claim(resume, uri, lock)
     if fresh:
         return None
     for candidate in find_runs(uri, cfg.tracking.experiment, "config_fingerprint", fingerprint):
@@ -297,14 +313,29 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
         if candidate.data.tags.get(PARENT_TAG) != parent:
             continue
         if candidate.info.status != "FINISHED" and (folder / checkpoint.STATE_FILE).exists():
-            return candidate.info.run_id
+            return _claim(candidate.info.run_id, uri, lock)
     return None
 
 
-def _logged_steps(uri: str, run_id: str) -> list[int]:
-    from continual.store import metric_steps
+def check_resume_flags(resume: Optional[str], fresh: bool) -> None:
+    if resume and fresh:
+        raise UserError(f"--resume {resume} and --fresh contradict each other: give --resume to continue that run, "
+                        "or --fresh to start a new one")
 
-    return metric_steps(uri, run_id, "acc/session_1")
+
+def _claim(run_id: str, uri: str, lock: Optional[RunLock]) -> str:
+    """Hold ``run_id`` (if ``lock``), then check that it is unfinished (another process may just
+    have finished it)."""
+    from mlflow import MlflowClient
+
+    if lock is not None:
+        lock.acquire(run_id)
+    if MlflowClient(uri).get_run(run_id).info.status == "FINISHED":
+        if lock is not None:
+            lock.release()
+        raise UserError(f"run {run_id} is finished: every session is trained and logged, nothing to resume; "
+                        "see it with `continual ui`, or run without --resume to train it again as a new run")
+    return run_id
 
 
 def reference_pairs(cfg: DictConfig, encode_images: Any, encode_texts: Any) -> Optional[Callable]:
@@ -381,7 +412,9 @@ def session_metrics(matrices: dict[str, np.ndarray], control_rows: list[dict], t
         out["control/r1_mean"] = r1_now
         ret = M.retention(r1_now, r1_first)
         out["retention/absolute"], out["retention/relative"] = ret["absolute"], ret["relative"]
-    for key in ("train_seconds", "eval_seconds", "examples", "examples_per_s", "trainable_params"):
+    out.update(record.get("diagnostics", {}))
+    for key in ("train_seconds", "eval_seconds", "diagnostics_seconds", "diagnostics_figures_seconds", "examples",
+                "examples_per_s", "trainable_params"):
         if key in record:
             out[f"session/{key}"] = float(record[key])
     return out
@@ -422,13 +455,6 @@ def _check_control_unseen(control: Any, base_meta: Optional[dict]) -> None:
 
 
 # -- what a stream asks of the run -------------------------------------------------------------
-def task_loss(cfg: DictConfig, stream: Any) -> str:
-    """train.loss, with auto resolved by the stream: contrastive on image-text pairs, else CE."""
-    if cfg.train.loss != "auto":
-        return cfg.train.loss
-    return "contrastive" if stream.kind == "pairs" else "ce"
-
-
 def class_templates(cfg: DictConfig, stream: Any) -> Any:
     """The stream's own templates (per class), captions as they are, or model.templates."""
     if stream.templates is not None:
@@ -440,31 +466,6 @@ def session_lrs(cfg: DictConfig, stream: Any) -> dict[int, float]:
     """train.session_lr by session name -> by experience index."""
     index = {s.name: s.index - 1 for s in stream.sessions if s.name}
     return {index[name]: float(lr) for name, lr in cfg.train.session_lr.items()}
-
-
-def check_fit(cfg: DictConfig, strategy_cls: type, stream: Any) -> None:
-    """One-line errors, before anything is built, for a method, metric or option that does not
-    fit the stream."""
-    kinds = getattr(strategy_cls, "stream_kinds", ("classification", "pairs"))
-    what = {"classification": "classification", "pairs": "image-text"}
-    if stream.kind not in kinds:
-        raise ConfigError(f"strategy '{cfg.strategy.name}' works on {' and '.join(what[k] for k in kinds)} streams, "
-                          f"but stream '{cfg.stream.name}' is an {what[stream.kind]} stream; choose another strategy or stream")
-    metric = cfg.eval.metric
-    if metric == "retrieval" and stream.kind != "pairs":
-        raise ConfigError(f"eval.metric=retrieval needs an image-text stream, but '{cfg.stream.name}' is a "
-                          "classification stream (its test data has labels, not captions); use eval.metric=accuracy or auto")
-    if metric == "accuracy" and stream.kind == "pairs":
-        raise ConfigError(f"eval.metric=accuracy needs a classification stream, but '{cfg.stream.name}' holds image-text "
-                          "pairs; use eval.metric=retrieval or auto")
-    if cfg.train.loss == "ce" and stream.kind == "pairs":
-        raise ConfigError(f"train.loss=ce needs class labels, but '{cfg.stream.name}' holds image-text pairs; "
-                          "use train.loss=contrastive or auto")
-    names = [s.name for s in stream.sessions if s.name]
-    for name in cfg.train.session_lr:
-        if name not in names:
-            raise ConfigError(f"train.session_lr.{name}: no session of that name; the sessions are: "
-                              + (", ".join(names) or "(unnamed)"))
 
 
 def _without_stream_concepts(control: Any, stream: Any, echo: Echo) -> Any:

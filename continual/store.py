@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,6 +39,26 @@ _PACKAGES = {  # run_metadata key -> distribution name on PyPI
 # MLflow announces creating and migrating its sqlite tables at INFO level on every new store.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# urllib3 warns at every retry of a request to a tracking server that stopped answering; the run
+# ends with one line that says so (continual.faults).
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+# A tracking server that stops answering: MLflow's client retries 7 times with a backoff factor
+# of 2 and waits up to 120 s per request (minutes of stalled training). Bounded to seconds
+# here: a request fails after about 10 s of refused connections, or about 50 s of a server
+# that hangs; the run then stops in one line, and the same command resumes it once the
+# server is back. A value the user set is kept.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+for _name, _value in HTTP_RETRY_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+# Schemes MLflow's tracking client can use (plugins add theirs through an entry-point group).
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_OTHER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 
 
 class TrackingError(UserError, ValueError):
@@ -85,14 +106,21 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training, when the tracking store cannot be used.
 
     - ``http(s)://``: GET ``<uri>/health`` must answer 200 within `timeout` seconds.
-    - ``sqlite:///``: the database's directory must be creatable and writable.
+    - ``sqlite:///``: files must be writable in the database's folder (or its nearest existing
+      parent), which a probe file shows (see :func:`writable_problem`).
     - ``file:`` / plain paths: refused (MLflow 3 refuses them too) unless
       ``MLFLOW_ALLOW_FILE_STORE=true``.
-    Other schemes (postgresql://, databricks, ...) are passed through unchecked.
+    - other database URIs (postgresql://, mysql://, mssql://, with a ``+driver``), databricks
+      and schemes of MLflow plugins pass unchecked; any other scheme (ftp://, s3://) is refused.
 
-    Raises TrackingError with a one-line message naming the URI and the fix.
+    Nothing is created. Raises TrackingError with a one-line message naming the URI and the fix.
     """
     scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if not is_local_path(uri) and scheme != "file" and not _known_scheme(scheme):
+        raise TrackingError(
+            f"tracking.uri {uri}: MLflow cannot track to a '{scheme}://' URI; give sqlite:///PATH/mlflow.db, "
+            f"the http(s):// address of a tracking server, or a database URI (postgresql://, mysql://)"
+        )
     if scheme in ("http", "https"):
         health = uri.rstrip("/") + "/health"
         try:
@@ -117,21 +145,13 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         db = sqlite_path(uri)
         if db is None:
             return
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+        problem = writable_problem(db.parent)
+        if problem is None and db.exists() and not os.access(db, os.W_OK):
+            problem = f"{db} is read-only"
+        if problem is not None:
             raise TrackingError(
-                one_line(
-                    f"tracking store {uri}: cannot create directory {db.parent} ({e.strerror or e}); "
-                    f"set tracking.uri to a sqlite:/// path in a writable directory",
-                    2 * MAX_ERROR_LENGTH,
-                )
-            ) from None
-        target = db if db.exists() else db.parent
-        if not os.access(target, os.W_OK):
-            raise TrackingError(
-                f"tracking store {uri}: {target} is not writable; "
-                f"set tracking.uri to a sqlite:/// path in a writable directory"
+                one_line(f"tracking store {uri}: {problem}; set tracking.uri to a sqlite:/// path "
+                         f"in a writable directory with free space", 2 * MAX_ERROR_LENGTH)
             )
     elif scheme == "file" or is_local_path(uri):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
@@ -139,6 +159,82 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 f"tracking store {uri}: MLflow refuses file stores; "
                 f"set tracking.uri to sqlite:///PATH/mlflow.db or an http:// server"
             )
+
+
+def _known_scheme(scheme: str) -> bool:
+    if scheme in _OTHER_SCHEMES or scheme.split("+", 1)[0] in _DATABASE_SCHEMES:
+        return True
+    return scheme in {e.name for e in metadata.entry_points(group="mlflow.tracking_store")}
+
+
+def ensure_store(uri: str) -> None:
+    """Make the store at ``uri`` ready for runs: safe whatever number of processes call it at once.
+
+    For a ``sqlite:///`` store, under an exclusive lock on ``<db>.lock`` beside the database: a
+    missing database is created (MLflow's tables and migrations) in a temporary file that is
+    renamed into place once complete, so that a store is whole or absent, never half made; an
+    existing one is opened once, which checks its schema. Other stores (a tracking server, a
+    database server) set themselves up: nothing to do. Raises TrackingError (one line) for a
+    store that cannot be created or opened.
+    """
+    db = sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if db is None:
+        return
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from continual.locks import FileLock
+
+    try:
+        with FileLock(db.parent / f"{db.name}.lock"):
+            if not db.exists():
+                _create_sqlite_store(db)
+            MlflowClient(uri).search_experiments(max_results=1)  # opens the store: checks its schema
+    except (MlflowException, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise TrackingError(one_line(
+            f"tracking store {uri} cannot be created or opened ({message.splitlines()[0] if message else type(exc).__name__}); "
+            f"if it is from an older MLflow, back it up and run `mlflow db upgrade {uri}`; "
+            f"otherwise move it away and run again", 2 * MAX_ERROR_LENGTH)) from None
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """MLflow's tables in a temporary database beside ``db``, renamed onto ``db`` when complete."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = db.parent / f".{db.name}.creating"  # one creator at a time (the caller holds the lock)
+    tmp.unlink(missing_ok=True)  # left by a creator that was killed
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", default_artifact_root(str(db.parent)))
+        store.engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def writable_problem(directory: str | os.PathLike) -> str | None:
+    """Why files cannot be written in ``directory`` (None if they can), found by writing one.
+
+    A directory that does not exist yet is judged by its nearest existing parent (nothing is
+    created). The probe file is written, flushed to disk and removed: a read-only file system,
+    missing permissions and a full disk all show (permission bits alone say nothing to root).
+    """
+    path = Path(abspath(directory))
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write in {path} ({exc.strerror or exc})"
+    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -171,23 +267,6 @@ def find_runs(tracking_uri: str, experiment: str, tag: str, value: str) -> list:
         return []
     return client.search_runs([found.experiment_id], filter_string=f"tags.{tag} = '{value}'",
                               order_by=["attributes.start_time DESC"])
-
-
-def open_in_background(tracking_uri: str) -> None:
-    """Open the store on a background thread (a new sqlite store creates its tables: seconds),
-    so that it is ready when the run's logger needs it; MLflow keeps one store per URI. An
-    error is left for the logger to raise."""
-    import threading
-
-    def open_store() -> None:
-        try:
-            from mlflow import MlflowClient
-
-            MlflowClient(tracking_uri=tracking_uri)._tracking_client.store
-        except Exception:
-            pass
-
-    threading.Thread(target=open_store, name="continual-open-store", daemon=True).start()
 
 
 def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:

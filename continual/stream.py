@@ -6,14 +6,25 @@ made them.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-# (dataset of (PIL image, ...) items, cache key identifying its content) -> model inputs
+# (dataset of (PIL image, ...) items, cache key identifying its content) -> model inputs; the
+# runner's also takes ``train=True``: training images, through the training transform
+# (stream.augment) where the inputs are not cached trunk features
 ImageEncoder = Callable[[Dataset, str], Any]
+
+
+def encode_images(encode: ImageEncoder, dataset: Dataset, key: str, train: bool = False) -> Any:
+    """``encode(dataset, key)``, asking for the training transform when ``train`` (encoders
+    that take no ``train`` argument are called as they are)."""
+    if train and "train" in inspect.signature(encode).parameters:
+        return encode(dataset, key, train=True)
+    return encode(dataset, key)
 # texts -> model text inputs
 TextEncoder = Callable[[list], torch.Tensor]
 
@@ -97,17 +108,48 @@ class PairStream:
     concepts: list[str] = field(default_factory=list)  # of the training pairs (control overlap)
     templates: Optional[list[list[str]]] = None  # captions are used as they are
     data_missing: Optional[str] = None  # as for ClassificationStream
+    train_unit: str = "pairs"  # what a training example is: "pairs", or "images" (a caption drawn per visit)
 
     kind = "pairs"
 
     def plan(self) -> list[str]:
         n_train = sum(s.n_train for s in self.sessions)
-        lines = [f"stream {self.name}: {len(self.sessions)} sessions of image-text pairs, {n_train} training pairs"]
+        lines = [f"stream {self.name}: {len(self.sessions)} sessions of image-text pairs, {n_train} training {self.train_unit}"]
         lines += [f"  {note}" for note in self.notes]
         for s in self.sessions:
             title = f"session {s.index}" + (f" ({s.name})" if s.name else "")
-            lines.append(f"  {title}: {s.n_train} train pairs / {s.n_test} test pairs")
+            lines.append(f"  {title}: {s.n_train} train {self.train_unit} / {s.n_test} test pairs")
         return lines
+
+
+def take(inputs: Any, index: Sequence[int]) -> Any:
+    """Rows ``index`` of model inputs: a tensor's rows, or a lazy dataset's items (a Subset)."""
+    if torch.is_tensor(inputs):
+        return inputs[torch.as_tensor(list(index), dtype=torch.long)]
+    return Subset(inputs, list(index))
+
+
+class CaptionedImages(Dataset):
+    """Images with several captions, one training example per image: item i is (the image's
+    input, one of ``captions[i]`` drawn uniformly at every visit with torch's generator, so the
+    run's seed fixes the draws; DataLoader workers get seeded generators of their own).
+
+    ``targets`` (what Avalanche reads to cut experiences) is each image's first caption id.
+    """
+
+    def __init__(self, image_inputs: Any, captions: Sequence[Sequence[int]]) -> None:
+        if len(image_inputs) != len(captions) or not all(captions):
+            raise ValueError(f"{len(image_inputs)} images need one non-empty caption list each, got {len(captions)}")
+        self.image_inputs, self.captions = image_inputs, [list(c) for c in captions]
+        self.targets = [c[0] for c in self.captions]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int):
+        options = self.captions[i]
+        caption = options[int(torch.randint(len(options), ()))] if len(options) > 1 else options[0]
+        return self.image_inputs[i], caption
 
 
 class InputsDataset(Dataset):

@@ -38,6 +38,7 @@ from PIL import Image
 from continual.background import LatestWins
 from continual.figures import curves, heatmap
 from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
+from continual.signals import uninterrupted
 from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
                              source_tags, sqlite_path)
 
@@ -101,6 +102,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
     minutes before it gives up.
     """
 
+    @uninterrupted  # an interrupt waits for the write to MLflow to end
     def __init__(
         self,
         tracking_uri: str,
@@ -117,8 +119,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         :param experiment: created when missing (restored when deleted).
         :param run_name: name of a new run (ignored when re-opening `run_id`).
         :param run_id: re-open this run instead of starting one; it is set back to RUNNING.
-            A (metric, step) it already holds is not logged again (a resumed session that
-            repeats what a crashed one logged logs each value once).
+            Metric points it already has are not logged again (a resumed run repeats the
+            steps after its checkpoint: each (metric, step) stays logged once).
         :param tags: extra run tags; ``version.<pkg>`` and ``git_commit`` are always added.
         :param params: nested config, logged flattened (see :func:`flatten`). On resume,
             params already on the run are kept (MLflow params are immutable); a changed
@@ -133,7 +135,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         self._finished = False
         self._metrics: list[Metric] = []  # logged, not yet sent (see flush)
         self._figures = _figure_worker()  # matrix figures, drawn off the training thread
-        self._sent: set[tuple[str, int]] = set()  # (metric, step) already in a re-opened run: not sent again
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) pairs the run has
 
         if run_id is None:
             self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
@@ -147,6 +149,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                     one_line(f"cannot re-open run {run_id} in {tracking_uri}: {e.message}", 2000)
                 ) from None
             self.experiment_id = run.info.experiment_id
+            self._logged = {(key, m.step) for key in run.data.metrics
+                            for m in self.client.get_metric_history(run_id, key)}
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         self.run_id: str = run.info.run_id
@@ -159,8 +163,6 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         flat = flatten(params or {})
         if run_id is not None:
             flat = self._new_params(flat, run.data.params)
-            self._sent = {(key, m.step) for key in run.data.metrics
-                          for m in self.client.get_metric_history(run_id, key)}
         self._log_params_and_tags(flat, all_tags)
 
     def _unique_name(self, name: str) -> str:
@@ -225,6 +227,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             self.client.log_batch(self.run_id, tags=chunk)
 
     # ---- metrics ---------------------------------------------------------- #
+    @uninterrupted
     def log_metrics(
         self, metrics: Mapping[str, Any] | Sequence[Any], step: int | None = None
     ) -> None:
@@ -260,22 +263,31 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 numeric.append((name, value, x_plot))
         self._log_numbers(numeric)
 
+    @uninterrupted
     def _log_numbers(self, triples: Sequence[tuple[str, Any, int]]) -> None:
-        """Hold the numbers among ``triples`` (name, value, step) for the next send."""
+        """Hold the numbers among ``triples`` (name, value, step) for the next send; None, NaN and
+        (metric, step) pairs already logged are skipped."""
         now = _now_ms()
         for name, value, step in triples:
             number = _as_number(value)
-            if number is None or math.isnan(number) or (safe_key(name), int(step)) in self._sent:
+            point = (safe_key(name), int(step))
+            if number is None or math.isnan(number) or point in self._logged:
                 continue
-            self._metrics.append(Metric(safe_key(name), number, now, int(step)))
+            self._metrics.append(Metric(point[0], number, now, point[1]))
         if len(self._metrics) >= _MAX_METRICS_PER_BATCH:
             self.flush_metrics()
 
+    @uninterrupted
     def flush_metrics(self) -> None:
         """Send the metrics held so far (in batches of MLflow's maximum size)."""
         held, self._metrics = self._metrics, []
-        for chunk in _chunks(held, _MAX_METRICS_PER_BATCH):
+        points = {}  # the first value held for each (metric, step) not logged yet
+        for m in held:
+            if (m.key, m.step) not in self._logged:
+                points.setdefault((m.key, m.step), m)
+        for chunk in _chunks(list(points.values()), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
+            self._logged.update((m.key, m.step) for m in chunk)
 
     def held_metrics(self) -> list[tuple[str, float, int]]:
         """The metrics held, not sent yet, as (name, value, step): what a checkpoint keeps so
@@ -286,6 +298,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         """Hold metrics (name, value, step) to send with the next ones (a checkpoint's, on resume)."""
         self._log_numbers(triples)
 
+    @uninterrupted
     def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
         """Avalanche hook for one metric value.
 
@@ -315,6 +328,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
             self.client.log_image(self.run_id, np.clip(array, 0.0, 1.0), artifact_file=artifact_file)
 
     # ---- artifacts -------------------------------------------------------- #
+    @uninterrupted
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write `text` to the run's artifact `artifact_file` (replacing an earlier one)."""
         self.client.log_text(self.run_id, text, artifact_file)
@@ -325,6 +339,12 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
     log_dict = log_json
 
+    @uninterrupted
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        """Write a matplotlib `figure` as the PNG artifact `artifact_file` (replacing an earlier one)."""
+        self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 120})
+
+    @uninterrupted
     def log_matrix(
         self,
         name: str,
@@ -384,16 +404,19 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                 f"{base}_curves.png", dpi=120)
             self.client.log_artifacts(self.run_id, tmp)
 
+    @uninterrupted
     def set_description(self, text: str) -> None:
         """The run's description in MLflow's UI (its ``mlflow.note.content`` tag), replaced."""
         self.client.set_tag(self.run_id, NOTE_TAG, truncate(text, MAX_TAG_VALUE_LENGTH))
 
     # ---- end of run ------------------------------------------------------- #
+    @uninterrupted
     def flush(self) -> None:
         """Send the metrics held and wait for the figures being drawn (raising their error)."""
         self.flush_metrics()
         self._figures.flush()
 
+    @uninterrupted
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Flush, then end the run with `status` (FINISHED, FAILED or KILLED); later calls do
         nothing.

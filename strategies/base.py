@@ -44,6 +44,7 @@ from continual.backbone import enable_grad_checkpointing
 from continual.context import StrategyContext
 from continual.errors import UserError
 from continual.heads import ClipClassifier, logit_scale, restrict
+from continual.schedule import lr_factor, warmup_steps
 
 
 TASK_LOSSES = ("ce", "contrastive")
@@ -85,20 +86,10 @@ def contrastive_task_loss(logits: torch.Tensor, label_smoothing: float = 0.0) ->
             + F.cross_entropy(logits.t(), targets, label_smoothing=label_smoothing)) / 2
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the base lr at ``step`` (0-based) of ``total``: linear warm-up over
-    ``warmup`` steps, then cosine decay to 0 (or constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 class LRSchedule(SupervisedPlugin, supports_distributed=True):
     """Sets each iteration's learning rate from :func:`lr_factor`; restarts every session. Steps
-    are optimizer steps (``accumulation_steps`` micro-batches each)."""
+    are optimizer steps (``accumulation_steps`` micro-batches each); the warm-up is
+    ``train.warmup_steps``, or ``train.warmup_fraction`` of the session's steps."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -112,7 +103,8 @@ class LRSchedule(SupervisedPlugin, supports_distributed=True):
             per_epoch = math.ceil(len(strategy.dataloader) / k)
             step = strategy.clock.train_exp_epochs * per_epoch + strategy.clock.train_epoch_iterations // k
             total = per_epoch * strategy.train_epochs
-        factor = lr_factor(step, total, self.cfg.warmup_steps, self.cfg.scheduler)
+        warmup = warmup_steps(total, self.cfg.warmup_steps, getattr(self.cfg, "warmup_fraction", 0.0))
+        factor = lr_factor(step, total, warmup, self.cfg.scheduler)
         for group in strategy.optimizer.param_groups:
             group["lr"] = group.get("initial_lr", self.cfg.lr) * factor
 
@@ -197,6 +189,16 @@ class ClipStrategy(SupervisedTemplate):
         model before any training (``self.model`` does not exist yet)."""
         return []
 
+    @classmethod
+    def plan_notes(cls, params: Any) -> list[str]:
+        """Lines the plan (``--dry-run``) adds for the method, e.g. where its extra data comes from."""
+        return []
+
+    @classmethod
+    def data_missing(cls, params: Any) -> Optional[str]:
+        """The one line a run stops with, before anything is built, when data the method needs is absent."""
+        return None
+
     def trainable(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
 
@@ -273,13 +275,16 @@ class ClipStrategy(SupervisedTemplate):
 
     def make_train_dataloader(self, **kwargs) -> None:
         """Avalanche's loader in a plain process; under DDP this process's shard
-        (DistributedSampler, seeded with the run's seed). ``train.workers`` loader processes."""
+        (DistributedSampler, seeded with the run's seed). ``train.workers`` loader processes;
+        ``train.drop_last`` drops each epoch's last partial batch."""
         workers = getattr(self.train_cfg, "workers", 0)
+        drop_last = getattr(self.train_cfg, "drop_last", False)
         if distributed.is_distributed():
             self.dataloader = distributed.train_loader(self.adapted_dataset, self.train_mb_size, torch.initial_seed(),
-                                                       workers, self.adapted_dataset.collate_fn)
+                                                       workers, self.adapted_dataset.collate_fn, drop_last)
         else:
-            super().make_train_dataloader(**{"num_workers": workers, "persistent_workers": workers > 0, **kwargs})
+            super().make_train_dataloader(**{"num_workers": workers, "persistent_workers": workers > 0,
+                                             "drop_last": drop_last, **kwargs})
         if self.train_cfg.iterations:  # enough passes for the budget; _after_training_iteration stops on time
             self.train_epochs = math.ceil(self.train_cfg.iterations / max(1, len(self.dataloader)))
 

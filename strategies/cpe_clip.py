@@ -44,7 +44,13 @@ Choices where the paper leaves room, following the official code unless said oth
 - Params.towers = "text" is a variant (the authors' "no_vision_prompts" ablation, not the
   method): text prompts only, the image tower unprompted, so it also runs where the text tower
   is an open_clip text transformer but the image tower is not a ViT. Params.session_scaling =
-  false is their "no_regularization" ablation.
+  false is their "no_regularization" ablation. Params.vision_mode = "replace" is the vision
+  half of their "no_accumulation" ablation: each layer's P prompt positions after the patch
+  tokens are overwritten by that layer's prompts instead of appended to (P tokens throughout);
+  their train.py runs that ablation with the regularisation off too (session_scaling=false).
+  Their text "accumulate" modes are not available.
+- Epochs: the base session train.epochs (CUB: 6), later sessions Params.incremental_epochs
+  (authors: 5 on every dataset).
 - The training loss always ranges over the current session's classes (``label_space``), whatever
   train.label_space says (the config sets it to "current" so the plan reads right).
 
@@ -72,6 +78,7 @@ from strategies.base import ClipStrategy
 
 LOGIT_SCALE = 100.0  # the authors' fixed 100 * cosine
 TOWERS = ("both", "text")
+VISION_MODES = ("accumulate", "replace")
 LR_SCHEDULES = ("authors", "config")
 
 
@@ -158,6 +165,37 @@ def _unsupported(model: nn.Module, why: str) -> UnsupportedTowerError:
         f"and a {text} text tower ({why}); use model.name=tiny-vit (model.pretrained=base:vit) or ViT-B-16")
 
 
+def config_problem(model_name: str, towers: str) -> Optional[str]:
+    """Why the towers of open_clip model ``model_name`` cannot take CPE-CLIP's prompts, read from
+    its open_clip config alone (nothing is built); None if they can, or if the model is unknown
+    (building it reports that). The same rules as :func:`_text_tower` and :class:`PromptedCLIP`
+    apply to the built model."""
+    from continual.backbone import model_config
+
+    config = model_config(model_name)
+    if config is None:
+        return None
+    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
+    image_kind = (f"timm {vision['timm_model_name']}" if vision.get("timm_model_name")
+                  else "ModifiedResNet" if isinstance(vision.get("layers"), (list, tuple)) else "VisionTransformer")
+    text_kind = "Hugging Face" if text.get("hf_model_name") else "TextTransformer"
+    why = None
+    if text.get("hf_model_name"):
+        why = "the text tower is not an open_clip text transformer"
+    elif text.get("embed_cls"):
+        why = "its text tower appends a class token or masks padding"
+    elif text.get("no_causal_mask"):
+        why = "its text tower is not causal"
+    elif text.get("pool_type", "argmax") not in ("argmax", "eos"):
+        why = f"its text tower pools '{text['pool_type']}', not at the end token"
+    elif towers == "both" and image_kind != "VisionTransformer":
+        why = "the image tower is not an open_clip VisionTransformer; strategy.towers=text prompts the text tower only"
+    if why is None:
+        return None
+    return (f"CPE-CLIP needs open_clip ViT/text-transformer towers; model {model_name} has a {image_kind} image tower "
+            f"and a {text_kind} text tower ({why}); use model.name=tiny-vit (model.pretrained=base:vit) or ViT-B-16")
+
+
 def _text_tower(model: nn.Module) -> tuple[str, str, Optional[int]]:
     """Where the text transformer lives ("" = open_clip CLIP's built-in tower, "text" = a
     TextTransformer), its pooling ("argmax" | "eos") and end-token id; raises if unpromptable."""
@@ -185,9 +223,12 @@ class PromptedCLIP(nn.Module):
     layer-by-layer forward with no prompt inserted (it then equals the model's own encoders).
     """
 
-    def __init__(self, clip: nn.Module, n_tokens: int = 2, depth: int = 0, towers: str = "both") -> None:
+    def __init__(self, clip: nn.Module, n_tokens: int = 2, depth: int = 0, towers: str = "both",
+                 vision_mode: str = "accumulate") -> None:
         super().__init__()
         check_choice("strategy.towers", towers, TOWERS)
+        check_choice("strategy.vision_mode", vision_mode, VISION_MODES)
+        self.vision_mode = vision_mode
         self._text_path, self._pool, self._eos = _text_tower(clip)
         text = clip.get_submodule(self._text_path) if self._text_path else clip
         n_text = len(text.transformer.resblocks)
@@ -263,9 +304,11 @@ class PromptedCLIP(nn.Module):
         if P:
             prompts = self.prompts.vision().to(x.dtype)
         for layer, block in enumerate(v.transformer.resblocks):
-            if P and layer < prompts.shape[0]:  # accumulate: append P new tokens, keep the old
+            if P and layer < prompts.shape[0]:
                 new = v.ln_pre(prompts[0]) if layer == 0 else prompts[layer]
-                x = torch.cat([x, new.expand(B, -1, -1)], dim=1)
+                # accumulate: append P new tokens, keep the old | replace: the P positions take them
+                kept = x if layer == 0 or self.vision_mode == "accumulate" else x[:, :n_keep]
+                x = torch.cat([kept, new.expand(B, -1, -1)], dim=1)
             x = _run_block(block, x, None, v.transformer.batch_first)
         pooled, _ = v._pool(x[:, :n_keep])  # the tower's own pooling, prompt tokens dropped
         if v.proj is not None:
@@ -326,6 +369,11 @@ class CPECLIPParams:
     session_scaling: bool = True
     # Batch size of sessions t >= 2 (the authors: 4); 0 = train.batch_size.
     incremental_batch_size: int = 4
+    # Epochs of sessions t >= 2 (the authors: 5; CUB's base session has 6); 0 = train.epochs.
+    incremental_epochs: int = 5
+    # Vision prompts: accumulate (CPE-CLIP) | replace (the authors' "no_accumulation" ablation,
+    # which they ran with session_scaling=false).
+    vision_mode: str = "accumulate"
     # "authors": lr * (1 + 99 e / 50) at epoch e of each session (official scheduler, per epoch);
     # "config": train.scheduler / train.warmup_steps.
     lr_schedule: str = "authors"
@@ -333,10 +381,11 @@ class CPECLIPParams:
     def __post_init__(self) -> None:
         check_choice("strategy.towers", self.towers, TOWERS)
         check_choice("strategy.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("strategy.vision_mode", self.vision_mode, VISION_MODES)
         for key in ("prompt_tokens",):
             if getattr(self, key) < 1:
                 raise ConfigError(f"strategy.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("depth", "incremental_batch_size"):
+        for key in ("depth", "incremental_batch_size", "incremental_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"strategy.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -355,7 +404,8 @@ class CPECLIP(ClipStrategy):
     def __init__(self, *, classifier: ClipClassifier, params: Optional[CPECLIPParams] = None, **kwargs: Any) -> None:
         params = params if params is not None else CPECLIPParams()
         if not isinstance(classifier.model, PromptedCLIP):  # before the optimizer is built
-            classifier.model = PromptedCLIP(classifier.model, params.prompt_tokens, params.depth, params.towers)
+            classifier.model = PromptedCLIP(classifier.model, params.prompt_tokens, params.depth, params.towers,
+                                            params.vision_mode)
             classifier.invalidate()
         self.prompted: PromptedCLIP = classifier.model
         super().__init__(classifier=classifier, params=params, **kwargs)
@@ -367,6 +417,13 @@ class CPECLIP(ClipStrategy):
             plugins.append(EpochWarmupLR(self.train_cfg.lr))
         return plugins
 
+    @classmethod
+    def check_model(cls, model_name: str, params: CPECLIPParams) -> None:
+        """Before anything is built (``continual.preflight``): refuse towers prompts cannot enter."""
+        problem = config_problem(model_name, params.towers)
+        if problem is not None:
+            raise UnsupportedTowerError(problem)
+
     def label_space(self) -> list[int]:
         """Training CE over the current session's classes only (earlier ones masked)."""
         return self.current_classes
@@ -377,4 +434,6 @@ class CPECLIP(ClipStrategy):
             self.train_mb_size = self.micro_batch_size(self.params.incremental_batch_size, "strategy.incremental_batch_size")
         else:
             self.train_mb_size = self.micro_batch_size(self.train_cfg.batch_size)
+        self.train_epochs = (self.params.incremental_epochs if incremental and self.params.incremental_epochs
+                             else self.train_cfg.epochs)
         super()._before_training_exp(**kwargs)  # builds the dataloader with train_mb_size

@@ -31,7 +31,7 @@ when student = teacher), as in the ZSCL code the published LwF numbers come from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,11 @@ class LwFParams:
     classes: str = "current"  # current | seen_before
     text_features: str = "student"  # student (LwF's outputs) | teacher (ZSCL's LwF code)
     symmetric: bool = False  # also distil class-to-image over the batch (ZSCL's LwF code: true)
+
+    # ZSCL's mtil/scripts/lwf.sh: the student's image features against the teacher's class
+    # texts of the current task, both directions.
+    PRESETS: ClassVar[dict] = {"mtil": dict(alpha=1.0, temperature=2.0, classes="current", text_features="teacher",
+                                            symmetric=True)}
 
     def __post_init__(self) -> None:
         check_choice("strategy.classes", self.classes, ("current", "seen_before"))
@@ -84,7 +89,8 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
         self.teacher = frozen_copy(strategy.model)
         self.teacher.invalidate()
         with torch.no_grad():
-            self.teacher_text = self.teacher.class_embeddings()[self.distilled]
+            # the class texts the student trains with (model.train_templates: all, or the first)
+            self.teacher_text = self.teacher.class_embeddings(templates=strategy.model.train_templates)[self.distilled]
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         self.seen_before |= {int(c) for c in strategy.experience.classes_in_this_experience}

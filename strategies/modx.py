@@ -147,7 +147,7 @@ class ModXPlugin(SupervisedPlugin, supports_distributed=True):
         self.teacher.refresh(classifier.model)
         old = ClipClassifier(self.teacher(), classifier.class_names, classifier.text_inputs, classifier.n_templates)
         with torch.no_grad():  # f_T^old of every class caption, once per session
-            self.old_class_features = old.eval().class_embeddings()
+            self.old_class_features = old.eval().class_embeddings(templates=classifier.train_templates)
 
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:

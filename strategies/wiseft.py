@@ -15,7 +15,7 @@ merge is :func:`wise_ft`, a pure function of state dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -40,6 +40,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class WiSEFTParams:
     alpha: float = 0.5  # weight of the session's fine-tuned weights
     anchor: str = "initial"  # initial (pre-trained) | previous (start of the session, ZSCL's baseline)
+
+    # ZSCL's mtil/scripts/WiSE_finetune.sh (--wise_merge --wise_ft_model n --wise_ft_alpha 0.8).
+    PRESETS: ClassVar[dict] = {"mtil": dict(alpha=0.8, anchor="previous")}
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:

@@ -13,9 +13,12 @@ Per step, with a reference batch of images x_r (sampled, seeded) and reference t
     L = L_task + weight * L_ZSCL + l2 * sum ||theta - theta_start||^2
 
 KD is :func:`strategies.lwf.kd_loss`. theta_start are the weights at the start of the session.
-Weight ensembling (WE): a running mean of the trainable weights, started with theta_start and
-updated after every ``we_interval``-th optimizer step (steps 0, k, 2k, ...); at the end of the
-session the model takes the averaged weights (and the next session starts from them).
+Weight ensembling (WE): the mean of snapshots of the trainable weights: theta_start, the weights
+after every ``we_interval``-th optimizer step (after steps 1, k + 1, 2k + 1, ...), and the
+session's final weights (unless the last step was itself a snapshot); at the end of the session
+the model takes the mean (and the next session starts from it). With the authors' 1000 steps and
+k = 100 that is 12 models, as the official code averages: it runs 1001 steps, the last at lr 0
+(a step that changes nothing), and snapshots after steps 1, 101, ..., 1001.
 
 What the official MTIL code does, and the choices exposed here (defaults = the code):
 - The student's reference logits use the INITIAL model's text features (``text_features:
@@ -23,9 +26,15 @@ What the official MTIL code does, and the choices exposed here (defaults = the c
   student's own text features instead (both towers distilled).
 - The reference texts are one fixed set of sentences (Conceptual Captions) scored against every
   reference image batch (``ref_texts: all``); ``batch`` uses only the sampled images' captions.
-  Here the reference pairs are ``context.reference()`` (the base's own training pairs); the
-  order of their batches restarts from the seed every session (the official code runs one
-  seeded process per task).
+- The reference data (:mod:`streams.reference`): by default ``context.reference()``, the
+  complement of the control set (offline: the emoji / Tux Paint pairs the base trained on);
+  ``ref_images`` (an image folder such as ImageNet's ``train/``, a manifest, or
+  ``torchvision:NAME`` under ``ref_root``) and ``ref_sentences`` (a text file, or a CSV/TSV
+  column ``ref_column``, e.g. Conceptual Captions' validation TSV, column 0) point elsewhere; the
+  ``mtil`` preset names ZSCL's own (ImageNet train images, Conceptual Captions validation
+  captions) at data/imagenet/train and data/conceptual_captions/. The reference images are
+  encoded like any image (test preprocessing, as ZSCL); the order of their batches restarts
+  from the seed every session (the official code runs one seeded process per task).
 - One logit scale s (the student's, not trained) for both logit matrices.
 - Weights: 1 per direction in MTIL (``weight``; the class-incremental configs use 5), T = 2,
   L2 to the session-start weights with weight 1 (``--l2 1``: sum of squared differences),
@@ -36,7 +45,7 @@ What the official MTIL code does, and the choices exposed here (defaults = the c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +55,12 @@ from torch.optim.swa_utils import AveragedModel
 
 from continual.config import check_choice
 from continual.errors import ConfigError
+from continual.evaluation import encode_all
 from continual.heads import logit_scale
 from continual.stream import ControlSet
 from strategies.base import ClipStrategy, record_term
 from strategies.distill import frozen_copy, kd, kl_of
+from streams import reference as ref
 
 
 def zscl_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_image: torch.Tensor,
@@ -81,6 +92,17 @@ class ZSCLParams:
     we: bool = True  # weight ensembling
     we_interval: int = 100  # optimizer steps between WE snapshots (--avg_freq)
     l2: float = 1.0  # weight of the L2 pull to the session-start weights (--l2)
+    # Reference data (streams/reference.py); null = the control set's complement (offline pairs).
+    ref_images: Optional[str] = None  # an image folder, a manifest, or torchvision:NAME (ref_root)
+    ref_sentences: Optional[str] = None  # a text file (a sentence per line) or a CSV/TSV column
+    ref_column: str = "caption"  # that column: a header name, or a 0-based index (no header)
+    ref_root: Optional[str] = None  # where torchvision reads ref_images=torchvision:NAME
+
+    # ZSCL's mtil/scripts/ZSCL.sh (its reference data at these paths, relative to the run's folder).
+    PRESETS: ClassVar[dict] = {"mtil": dict(
+        weight=1.0, temperature=2.0, ref_batch_size=64, ref_texts="all", text_features="teacher", we=True,
+        we_interval=100, l2=1.0, ref_images="data/imagenet/train",
+        ref_sentences="data/conceptual_captions/Validation_GCC-1.1.0-Validation.tsv", ref_column="0")}
 
     def __post_init__(self) -> None:
         for key, value, options in (("ref_texts", self.ref_texts, ("all", "batch")),
@@ -88,6 +110,10 @@ class ZSCLParams:
             check_choice(f"strategy.{key}", value, options)
         if self.weight < 0 or self.l2 < 0 or self.temperature <= 0 or self.ref_batch_size < 1 or self.we_interval < 1:
             raise ConfigError("strategy: weight and l2 must be >= 0, temperature > 0, ref_batch_size and we_interval >= 1")
+        ref.check_options(self.ref_images, self.ref_sentences, self.ref_column, self.ref_texts)
+
+    def configured_reference(self) -> bool:
+        return bool(self.ref_images or self.ref_sentences)
 
 
 def _take(inputs: Any, index: torch.Tensor) -> torch.Tensor:
@@ -153,10 +179,8 @@ class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
             self.reference = self._reference() if callable(self._reference) else self._reference
             if self.reference is None or len(self.reference.keys) == 0:
                 raise ConfigError("zscl needs reference pairs: set control.name")
-        if self.p.ref_texts == "all" and self._teacher_texts is None:
-            with torch.no_grad():
-                texts = self.reference.text_inputs.to(strategy.device)
-                self._teacher_texts = F.normalize(self.initial.encode_text(texts), dim=-1)
+        if self.p.ref_texts == "all" and self._teacher_texts is None:  # once: the initial model is frozen
+            self._teacher_texts = encode_all(self.initial.encode_text, self.reference.text_inputs, 256, strategy.device)
         # Each session restarts the reference order from the seed, as the official code does (one
         # seeded process per task); so nothing needs carrying across a resumed run.
         self.generator.manual_seed(self.seed)
@@ -206,6 +230,8 @@ class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
     def after_training_exp(self, strategy, **kwargs) -> None:
         if not self.p.we:
             return
+        if self.step > 0 and (self.step - 1) % self.p.we_interval != 0:  # the final weights, once
+            self.average.update_parameters(strategy.model.model)
         averaged = dict(self.average.module.named_parameters())
         with torch.no_grad():
             for name, p in strategy.model.model.named_parameters():
@@ -220,11 +246,30 @@ class ZSCL(ClipStrategy):
 
     Params = ZSCLParams
 
-    def __init__(self, *, classifier: Any, context: Any = None, **kwargs: Any) -> None:
-        if context is None or context.reference is None:
-            raise ConfigError("zscl needs reference pairs: set control.name")
+    def __init__(self, *, classifier: Any, context: Any = None, params: Optional[ZSCLParams] = None, **kwargs: Any) -> None:
+        params = params or ZSCLParams()
+        if context is None or (context.reference is None and not ref.complete(params.ref_images, params.ref_sentences)):
+            raise ConfigError("zscl needs reference pairs: set control.name (its complement), or strategy.ref_images "
+                              "and strategy.ref_sentences")
         self.initial_model = frozen_copy(classifier.model)  # the model before any session
-        super().__init__(classifier=classifier, context=context, **kwargs)
+        super().__init__(classifier=classifier, context=context, params=params, **kwargs)
 
     def method_plugins(self, classifier: torch.nn.Module) -> list[SupervisedPlugin]:
-        return [ZSCLPlugin(self.context.reference, self.initial_model, **vars(self.params))]
+        p, context = self.params, self.context
+        reference = context.reference
+        if p.configured_reference():
+            def reference() -> ControlSet:
+                return ref.reference_set(p.ref_images, p.ref_sentences, p.ref_column, p.ref_root,
+                                         context.encode_images, context.encode_texts, context.reference)
+        loss = {k: getattr(p, k) for k in ("weight", "temperature", "ref_batch_size", "ref_texts", "text_features",
+                                           "we", "we_interval", "l2")}
+        return [ZSCLPlugin(reference, self.initial_model, **loss)]
+
+    @classmethod
+    def plan_notes(cls, params: ZSCLParams) -> list[str]:
+        absent = ref.missing(params.ref_images, params.ref_sentences, params.ref_root)
+        return ["  " + ref.describe(params.ref_images, params.ref_sentences) + (f" (absent: {absent})" if absent else "")]
+
+    @classmethod
+    def data_missing(cls, params: ZSCLParams) -> Optional[str]:
+        return ref.missing(params.ref_images, params.ref_sentences, params.ref_root)

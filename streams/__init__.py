@@ -21,3 +21,5 @@ STREAMS.add("mtil", "streams.mtil:mtil_stream",
             "multi-domain task-incremental (ZSCL's MTIL): one session per dataset of stream.datasets")
 CONTROLS.add("heldout-captions", "streams.control:heldout_captions",
              "held-out emoji / Tux Paint image-caption pairs, scored by retrieval R@K")
+CONTROLS.add("manifest-test", "streams.control:manifest_test",
+             "the test split of image-caption manifests (control.sources, e.g. COCO's 5K Karpathy test), R@K")

@@ -28,7 +28,7 @@ import numpy as np
 
 from continual.config import StreamConfig
 from continual.errors import ConfigError, UserError
-from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder
+from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder, encode_images
 from streams.datasets import DataNotFoundError, digits, fashion_mnist, per_class_subset, sample_per_class
 from streams.files import ImageFiles, image_folder
 
@@ -259,7 +259,8 @@ def class_incremental(name: str, train: Any, test: Any, cfg: StreamConfig, seed:
         if mapping is not None:
             train, test = (_keep_classes(d, mapping, stream.class_names) for d in (train, test))
         datasets = {
-            "train": InputsDataset(encode(train, content_key(f"{name}-train", train)), train.targets),
+            "train": InputsDataset(encode_images(encode, train, content_key(f"{name}-train", train), train=cfg.augment),
+                                   train.targets),
             "test": InputsDataset(encode(test, content_key(f"{name}-test", test)), test.targets),
         }
         stream.benchmark = class_incremental_benchmark(datasets, class_order=[c for s in stream.sessions for c in s.classes],

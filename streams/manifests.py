@@ -4,8 +4,10 @@ Formats (one row per (image, caption); an image with several captions has severa
 - ``.csv`` with a header: ``image``, ``caption``, optional ``group`` and ``split`` columns;
 - ``.jsonl``: one object per line with the same keys;
 - ``.json`` in Karpathy's format (``dataset_coco.json``, ``dataset_flickr30k.json``):
-  ``{"images": [{"filepath", "filename", "split", "sentences": [{"raw"}]}]}``; its ``restval``
-  images count as training data and ``val`` images are left out (the usual practice).
+  ``{"images": [{"filepath", "filename", "split", "sentences": [{"raw"}]}]}``; ``test`` images
+  are test data, and the splits in ``train_splits`` training data (default ``train`` and
+  ``restval``, the usual practice; Mod-X also trains Flickr30K's ``val``, its COCO model COCO's
+  ``train`` alone); the other images are left out.
 Image paths are relative to the images root (``stream.root``, default: the manifest's folder).
 Every image is its own concept; the source is the manifest's file name.
 """
@@ -15,21 +17,29 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from continual.errors import ConfigError
 from streams.captions import Pair
 from streams.datasets import DataNotFoundError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
-KARPATHY_SPLITS = {"train": "train", "restval": "train", "test": "test", "val": None}
+KARPATHY_TRAIN = ("train", "restval")  # the splits trained on by default
 KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/ (caption_datasets.zip)"
 
-# Nominal sizes of the standard manifests, for plans made while the data is absent:
-# (training images, test images, captions per image).
-NOMINAL = {"dataset_coco.json": (113_287, 5_000, 5), "dataset_flickr30k.json": (29_000, 1_000, 5)}
-IMAGES_HINT = {"dataset_coco.json": "COCO 2014 train/val images (cocodataset.org) under stream.root",
-               "dataset_flickr30k.json": "Flickr30K images (shannon.cs.illinois.edu/DenotationGraph) under stream.root"}
+# Nominal sizes of the standard manifests, for plans made while the data is absent: images per
+# Karpathy split, and captions per image.
+NOMINAL = {"dataset_coco.json": ({"train": 82_783, "restval": 30_504, "val": 5_000, "test": 5_000}, 5),
+           "dataset_flickr30k.json": ({"train": 29_000, "val": 1_014, "test": 1_000}, 5)}
+
+
+def nominal_images(name: str, splits: Sequence[str]) -> int:
+    """Images of the standard manifest ``name`` in ``splits``, from its published sizes."""
+    return sum(NOMINAL[name][0].get(split, 0) for split in splits)
+IMAGES_HINT = {"dataset_coco.json": "COCO 2014 train/val images (cocodataset.org) under the images root "
+                                     "(stream.root, else the manifest's folder)",
+               "dataset_flickr30k.json": "Flickr30K images (shannon.cs.illinois.edu/DenotationGraph) under the images "
+                                         "root (stream.root, else the manifest's folder)"}
 
 
 def is_manifest(source: str) -> bool:
@@ -42,14 +52,15 @@ def missing_manifest(path: Path) -> DataNotFoundError:
     return DataNotFoundError(f"manifest not found: {path}: {how}")
 
 
-def read_manifest(path: str | Path, images_root: Optional[str] = None) -> list[Pair]:
-    """The manifest's pairs, in file order."""
+def read_manifest(path: str | Path, images_root: Optional[str] = None,
+                  train_splits: Sequence[str] = KARPATHY_TRAIN) -> list[Pair]:
+    """The manifest's pairs, in file order (Karpathy files: ``train_splits`` and ``test``)."""
     path = Path(path)
     if not path.is_file():
         raise missing_manifest(path)
     root = Path(images_root) if images_root else path.parent
     if path.suffix.lower() == ".json":
-        return _karpathy(path, root)
+        return _karpathy(path, root, train_splits)
     rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
     pairs = []
     for n, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
@@ -92,16 +103,17 @@ def _jsonl_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _karpathy(path: Path, root: Path) -> list[Pair]:
+def _karpathy(path: Path, root: Path, train_splits: Sequence[str]) -> list[Pair]:
     try:
         images = json.loads(path.read_text(encoding="utf-8"))["images"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(f"{path}: not a Karpathy-split file (expected {{\"images\": [...]}} with sentences)") from None
     pairs = []
     for item in images:
-        split = KARPATHY_SPLITS.get(item.get("split", ""), None)
-        if split is None:
+        split = item.get("split", "")
+        if split != "test" and split not in train_splits:
             continue
+        split = "test" if split == "test" else "train"
         file = root / item.get("filepath", "") / item["filename"]
         for sentence in item["sentences"]:
             caption = " ".join(sentence["raw"].split())

@@ -9,7 +9,10 @@ Domains (``DOMAINS``):
   ``stream.root/NAME``. Class names and templates are ZSCL's (Thunderbeee/ZSCL ``mtil/src``,
   which took them from CLIP / WiSE-FT): names come from the data where torchvision supplies them
   (underscores as spaces, as ZSCL does), else from ZSCL's lists (Caltech101, EuroSAT, Flowers).
-  Datasets without an official test split (Caltech101, EuroSAT, SUN397) are split here.
+  Datasets without an official test split (Caltech101, EuroSAT, SUN397) are split here
+  (``stream.holdout``): ``per_class``, a seeded ``test_fraction`` of each class, or ``random``,
+  ZSCL's one random split of all images (torch's ``random_split`` with ``1 - test_fraction`` for
+  training, generator seeded with ``stream.split_seed``, 42 in ZSCL) over the items in path order.
 - Offline domains on the data installed here: Fashion-MNIST, scikit-learn digits, emoji
   classified into their Unicode group, Tux Paint stamps into their top-level category.
 
@@ -33,7 +36,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from continual.config import ControlConfig, StreamConfig, check_choice
 from continual.errors import ConfigError
-from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder
+from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder, encode_images
 from streams.captions import EMOJI_INSTALL, TUX_INSTALL, Pair, PairDataset, emoji_pairs, split_by_concept, tux_pairs
 from streams.classification import content_key
 from streams.fscil import CIFAR100_CLASSES  # the same names for both protocols
@@ -147,8 +150,20 @@ def _torchvision(domain: Domain, cfg: StreamConfig, seed: int, download: bool) -
     if len(parts) == 2:
         return parts[0], parts[1]
     whole = parts[0]
-    train_idx, test_idx = stratified_split(whole.targets, cfg.test_fraction, seed)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    if cfg.holdout == "random":
+        train_idx, test_idx = random_split_indices(len(whole), cfg.test_fraction, split_seed)
+    else:
+        train_idx, test_idx = stratified_split(whole.targets, cfg.test_fraction, split_seed)
     return whole.subset(train_idx), whole.subset(test_idx)
+
+
+def random_split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) positions of torch's ``random_split(range(n), [int((1 - f) n), rest],
+    generator=torch.Generator().manual_seed(seed))``, each side in position order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train = int((1 - test_fraction) * n)
+    return sorted(order[:n_train]), sorted(order[n_train:])
 
 
 def _wrap(domain: Domain, ds: Dataset, root: Path) -> DomainImages:
@@ -457,6 +472,13 @@ def mtil_stream(cfg: StreamConfig, seed: int, encode: Optional[ImageEncoder] = N
         part = _part(domain, offset, cfg, seed, build=encode is not None, notes=notes)
         parts.append(part)
         offset += domain.n_classes
+    if cfg.augment:
+        notes.append("training images: random-resized crop (scale 0.9-1.0) at every visit (stream.augment)")
+    if any(isinstance(d.sizes, int) and d.load is _torchvision for d in domains):
+        notes.append("datasets without a test split: " + (
+            f"one random split, {1 - cfg.test_fraction:.0%} / {cfg.test_fraction:.0%}" if cfg.holdout == "random"
+            else f"{cfg.test_fraction:.0%} of each class held out")
+            + f", seed {cfg.split_seed if cfg.split_seed is not None else seed} (stream.holdout)")
     if any(d.name in ("emoji-groups", "tux-categories") for d in domains):
         control = ControlConfig()
         notes.append(f"emoji/tux images of the control's held-out concepts ({control.heldout_fraction:.0%}, split "
@@ -470,7 +492,7 @@ def mtil_stream(cfg: StreamConfig, seed: int, encode: Optional[ImageEncoder] = N
     if missing and not cfg.download:  # a real run stops on this line before building anything
         stream.data_missing = missing[0]
     if encode is not None:
-        stream.benchmark = _benchmark(parts, encode)
+        stream.benchmark = _benchmark(parts, encode, cfg.augment)
     return stream
 
 
@@ -510,7 +532,8 @@ def _nominal(domain: Domain, cfg: StreamConfig) -> tuple[int, int]:
     """Sizes without the data: the official split (or test_fraction of the images), capped by
     the per-class samples as if classes were balanced."""
     if isinstance(domain.sizes, int):
-        n_test = round(domain.sizes * cfg.test_fraction)
+        n_test = (domain.sizes - int((1 - cfg.test_fraction) * domain.sizes) if cfg.holdout == "random"
+                  else round(domain.sizes * cfg.test_fraction))
         sizes = (domain.sizes - n_test, n_test)
     else:
         sizes = domain.sizes
@@ -518,8 +541,9 @@ def _nominal(domain: Domain, cfg: StreamConfig) -> tuple[int, int]:
     return tuple(min(n, cap * domain.n_classes) if cap else n for n, cap in zip(sizes, caps))
 
 
-def _benchmark(parts: list[_Part], encode: ImageEncoder) -> Any:
-    """One Avalanche experience per domain over the concatenated model inputs."""
+def _benchmark(parts: list[_Part], encode: ImageEncoder, augment: bool = False) -> Any:
+    """One Avalanche experience per domain over the concatenated model inputs (training images
+    through the training transform when ``augment``)."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 
     datasets = {}
@@ -527,7 +551,8 @@ def _benchmark(parts: list[_Part], encode: ImageEncoder) -> Any:
         inputs, targets = [], []
         for part in parts:
             ds = getattr(part, split)
-            inputs.append(encode(ds, cache_key(f"mtil-{part.domain.name}-{split}", ds)))
+            inputs.append(encode_images(encode, ds, cache_key(f"mtil-{part.domain.name}-{split}", ds),
+                                        train=augment and split == "train"))
             targets += [t + part.offset for t in ds.targets]
         joined = torch.cat(inputs) if all(isinstance(x, torch.Tensor) for x in inputs) else ConcatDataset(inputs)
         datasets[split] = InputsDataset(joined, targets)

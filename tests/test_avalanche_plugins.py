@@ -115,11 +115,11 @@ def test_vrlwf_as_a_plugin_of_avalanche_naive(digits_stream):
     classifier, context = tiny_clip()
     before = snapshot(classifier)
     plugin = VRLwFPlugin(VRLwFParams(vocab_size=64), context)
-    probe = train(plugin, classifier, digits_stream, weight=5.0)
+    probe = train(plugin, classifier, digits_stream, weight=1.0)  # lambda = 1, the default
     assert changed(before, classifier)
     assert [s["session"] for s in probe.steps] == [0] * 3 + [1] * 3  # 48 images per session, batch 16
     for step in probe.steps:  # Avalanche's loss = CE + lambda * L_VR, every iteration
-        assert step["added"] == pytest.approx(5.0 * step["term"], abs=added_rounding(step))
+        assert step["added"] == pytest.approx(probe.weight * step["term"], abs=added_rounding(step))
     # at each session's first step the student is the teacher: the teacher's entropy term, up to
     # the rounding of two float32 computations of it (other formulas and kernels): a sum over the
     # 64-word vocabulary and the 16-image batch of terms of size <= |log p| <= the logit range

@@ -222,30 +222,44 @@ def test_zscl_reference_batches_are_seeded_and_cover_the_reference():
     assert sorted(sum(first[:2], []) + first[2][:2]) == list(range(10))  # a shuffled pass, then another
 
 
-def test_zscl_weight_ensemble_is_the_mean_of_its_snapshots():
+def zscl_session(we_interval: int, steps: int) -> tuple[list[torch.Tensor], int]:
+    """A session of ``steps`` optimizer steps from weights 0 that set the weights to known values
+    (after step t every entry is t); returns the weights after the session's weight ensembling
+    and the number of snapshots averaged."""
     classifier = toy_classifier()
-    plugin = ZSCLPlugin(toy_reference(), we_interval=3, seed=0)
+    plugin = ZSCLPlugin(toy_reference(), we_interval=we_interval, seed=0)
     strategy = fake_strategy(classifier, [0, 1], torch.randn(3, 6))
-    plugin.before_training_exp(strategy)
     params = [p for p in classifier.parameters() if p.requires_grad]
-    snapshots = [[p.detach().clone() for p in params]]  # the session-start weights count once
-    for step in range(8):
+    with torch.no_grad():
+        for p in params:
+            p.zero_()  # theta_start = 0
+    plugin.before_training_exp(strategy)  # theta_start is the first snapshot
+    added = []
+    update = plugin.average.update_parameters
+    plugin.average.update_parameters = lambda model: (added.append(1), update(model))
+    for step in range(steps):
         with torch.no_grad():
             for p in params:
-                p.add_(torch.randn_like(p))  # an optimizer step
+                p.fill_(step + 1.0)
         plugin.after_update(strategy)
-        if step % 3 == 0:  # steps 0, 3, 6
-            snapshots.append([p.detach().clone() for p in params])
-    last = [p.detach().clone() for p in params]
     plugin.after_training_exp(strategy)
-    assert len(snapshots) == 4
-    for i, p in enumerate(params):
-        stacked = torch.stack([s[i] for s in snapshots])
-        expected = stacked.mean(0)
-        # a mean of n snapshots summed in another order: within n eps of their largest value
-        torch.testing.assert_close(p.detach(), expected, rtol=0,
-                                   atol=sum_rounding(len(snapshots) + 1, float(stacked.abs().max())))
-        assert not torch.allclose(p.detach(), last[i])
+    return [p.detach().clone() for p in params], 1 + len(added)
+
+
+def test_zscl_weight_ensemble_averages_the_authors_12_snapshots_final_weights_included():
+    after, count = zscl_session(100, 1000)
+    # start (0), after steps 1, 101, ..., 901 (values 1, 101, ..., 901), the final weights (1000)
+    snapshots = [0.0] + [1.0 + 100 * k for k in range(10)] + [1000.0]
+    assert count == len(snapshots) == 12
+    for p in after:  # a running mean of 12 values up to 1000: within 13 eps of the largest
+        torch.testing.assert_close(p, torch.full_like(p, sum(snapshots) / 12), rtol=0, atol=sum_rounding(13, 1000.0))
+
+
+def test_zscl_final_weights_count_once_when_the_last_step_is_a_snapshot():
+    after, count = zscl_session(3, 7)  # snapshots after steps 1, 4, 7 (the last)
+    assert count == 4
+    for p in after:
+        torch.testing.assert_close(p, torch.full_like(p, (0 + 1 + 4 + 7) / 4), rtol=0, atol=sum_rounding(5, 7.0))
 
 
 def test_zscl_without_reference_pairs_is_a_config_error():
@@ -254,7 +268,8 @@ def test_zscl_without_reference_pairs_is_a_config_error():
 
     cfg = load_config(None, [])
     context = StrategyContext(lambda texts: torch.zeros(len(texts), 5), tokenizer=None, reference=None)
-    with pytest.raises(ConfigError, match=r"^zscl needs reference pairs: set control.name$"):
+    with pytest.raises(ConfigError, match=r"^zscl needs reference pairs: set control.name \(its complement\), or "
+                                          r"strategy.ref_images and strategy.ref_sentences$"):
         ZSCL(classifier=toy_classifier(), train=cfg.train, context=context)
 
 

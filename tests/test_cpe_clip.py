@@ -163,6 +163,25 @@ def test_vision_prompts_accumulate_after_the_patch_tokens(tiny):
         assert torch.equal(inputs[layer][:, n0 + P * layer:], pv[layer].expand(2, -1, -1))
 
 
+def test_no_accumulation_ablation_replaces_the_vision_prompts_layer_by_layer(tiny):
+    model, _, _ = tiny
+    prompted = PromptedCLIP(model, vision_mode="replace")
+    images = _images(model, 2)
+    inputs, _ = _inputs_of_blocks(model.visual.transformer.resblocks, lambda: prompted.encode_image(images))
+    with torch.no_grad():
+        pv = prompted.prompts.vision()
+        outputs = [model.visual.transformer.resblocks[i](x) for i, x in enumerate(inputs)]
+    n0, P = 1 + 64, 2
+    assert [x.shape[1] for x in inputs] == [n0 + P] * len(inputs)  # P prompt tokens throughout
+    torch.testing.assert_close(inputs[0][:, n0:], model.visual.ln_pre(pv[0]).expand(2, -1, -1))
+    for layer in range(1, len(inputs)):
+        # the class and patch tokens carried on, the P prompt positions overwritten by W g_l + b
+        assert torch.equal(inputs[layer][:, :n0], outputs[layer - 1][:, :n0])
+        assert torch.equal(inputs[layer][:, n0:], pv[layer].expand(2, -1, -1))
+    with pytest.raises(ConfigError, match="vision_mode"):
+        CPECLIPParams(vision_mode="accumulate_same")
+
+
 def test_trainable_parameters_follow_the_formula(tiny, vit_b16):
     def count(model, **kw):
         return sum(p.numel() for p in PromptedCLIP(model, **kw).parameters() if p.requires_grad)
@@ -220,7 +239,8 @@ def trained(tiny):
     bench = class_incremental_benchmark(data, class_order=ORDER, num_classes_per_exp=SIZES)
     train = OmegaConf.structured(TrainConfig(epochs=1, batch_size=8, lr=1e-3, optimizer="sgd", weight_decay=1e-5))
     classifier = ClipClassifier(model, NAMES, tokenizer([f"{n}." for n in NAMES]), 1)
-    strategy = CPECLIP(classifier=classifier, train=train, params=CPECLIPParams())
+    # incremental sessions for one epoch too (the authors: 5; its own test below)
+    strategy = CPECLIP(classifier=classifier, train=train, params=CPECLIPParams(incremental_epochs=0))
     g0 = strategy.prompted.prompts.g.detach().clone()
     recorder = GradRecorder(strategy.prompted.prompts.parameters())
     strategy.plugins.append(recorder)
@@ -251,6 +271,25 @@ def test_prompt_gradients_are_scaled_by_new_over_seen_classes_after_the_base_ses
     for raw, final in zip(rec.raw[1], rec.final[1]):  # session 2: exactly x 2/5, every parameter
         assert len(final) == 3 and all(r.abs().sum() > 0 for r in raw)
         assert all(torch.equal(f, r * (2 / 5)) for r, f in zip(raw, final))
+
+
+def test_incremental_sessions_have_their_own_epoch_count(tiny):
+    """CUB's recipe: the base session 6 epochs, every later session 5 (here 3 and 2)."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+    from continual.stream import InputsDataset
+
+    model, _, tokenizer = tiny
+    x, y = _images(model, 20), [i % 5 for i in range(20)]
+    bench = class_incremental_benchmark({"train": InputsDataset(x, y)}, class_order=ORDER, num_classes_per_exp=SIZES)
+    train = OmegaConf.structured(TrainConfig(epochs=3, batch_size=4, lr=1e-3, optimizer="sgd"))
+    classifier = ClipClassifier(model, NAMES, tokenizer([f"{n}." for n in NAMES]), 1)
+    strategy = CPECLIP(classifier=classifier, train=train, params=CPECLIPParams(incremental_epochs=2))
+    epochs = []
+    for exp in bench.train_stream:
+        strategy.train(exp, eval_streams=[])
+        epochs.append(strategy.clock.train_exp_epochs)
+    assert epochs == [3, 2] and CPECLIPParams().incremental_epochs == 5
 
 
 def test_training_loss_ignores_the_classes_of_earlier_sessions(trained, tiny):

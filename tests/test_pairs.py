@@ -120,17 +120,6 @@ def test_karpathy_split_file(tmp_path):
     assert stream.tests[0].keys == [str(tmp_path / "img3.png")] and len(stream.tests[0].caption_image) == 2
 
 
-def test_modx_protocol_plan_without_the_data():
-    from continual.runner import plan
-
-    lines = plan(load_config("configs/modx-coco-flickr.yaml"))
-    sessions = [line.strip() for line in lines if line.strip().startswith("session ")]
-    assert len(sessions) == 6
-    assert sessions[0].startswith("session 1 (dataset_coco.json): 566435 train pairs / 25000 test pairs")
-    assert all("dataset_flickr30k.json" in s and "29000 train pairs / 1000 test pairs" in s for s in sessions[1:])
-    assert any("data absent" in line for line in lines)
-
-
 class FixedFeatures(torch.nn.Module):
     """A "model" whose encoders return given features (inputs are indices)."""
 

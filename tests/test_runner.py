@@ -69,7 +69,9 @@ def test_checkpoints_hold_the_trained_parameters(finetune_run):
     cfg, result = finetune_run
     folder = Path(cfg.output_dir) / "checkpoints" / result.run_id
     weights = load_file(folder / "session_002.safetensors")
-    assert set(weights) == {"visual.head.proj.weight", "text.proj.weight", "__rng__.torch"}
+    trained = {k for k in weights if not k.startswith("__extra__.")}  # extra: the diagnostics' probe features
+    assert trained == {"visual.head.proj.weight", "text.proj.weight", "__rng__.torch"}
+    assert {"__extra__.start/image", "__extra__.previous/text"} <= set(weights)
     state = json.loads((folder / "state.json").read_text())
     assert state["session"] == 2 and np.allclose(state["matrices"]["accuracy"], result.accuracy)
     assert state["strategy"]["seen_classes"] == list(range(10))

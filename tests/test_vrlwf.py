@@ -19,6 +19,7 @@ from numerics import (gradient_at_rounding, kd_gradient_rounding, probability_di
 
 from continual.backbone import create_model, register_model_configs
 from continual.context import StrategyContext
+from continual.errors import ConfigError
 from continual.heads import ClipClassifier, logit_scale, prompts
 from strategies.distill import Teacher
 from strategies.vrlwf import (VRLwFParams, VRLwFPlugin, kd, random_token_vocabulary, random_word_sentences,
@@ -162,7 +163,7 @@ def test_plugin_at_session_start_gives_the_teacher_entropy_and_no_gradient(tiny)
         vocab = teacher.encode_text(plugin.vocabulary)
         expected = entropy_term(teacher.encode_image(x), vocab, float(logit_scale(teacher)), 2.0)
     assert plugin.last_value == pytest.approx(expected, rel=1e-5)
-    assert strategy.loss.item() == pytest.approx(5.0 * expected, rel=1e-5)  # lambda = 5
+    assert strategy.loss.item() == pytest.approx(expected, rel=1e-5)  # lambda = 1, the default
     strategy.loss.backward()
     at_start = max_grad(classifier.model)
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
@@ -213,15 +214,24 @@ def test_vocabulary_features_on_the_lit_base_with_its_split_text_trunk():
     assert (plugin.vocab_features - expected).norm(dim=1).max() <= 6 * sum_rounding(384, 1.0)
 
 
-def test_vocabulary_follows_the_seed_and_the_session(tiny):
+def test_default_weight_is_zscl_mtil_one_and_one_vocabulary_serves_every_session():
+    params = VRLwFParams()
+    assert params.lam == 1.0 and params.vocab_draw == "once"
+    with pytest.raises(ConfigError, match="vocab_draw"):
+        VRLwFParams(vocab_draw="epoch")
+
+
+@pytest.mark.parametrize("draw", ["once", "session"])
+def test_vocabulary_follows_the_seed_and_the_session_when_redrawn(tiny, draw):
     classifier, context = tiny
     draws = []
     for seed, session in [(3, 0), (3, 0), (4, 0), (3, 1)]:
-        plugin = VRLwFPlugin(VRLwFParams(vocab_size=32, seed=seed), context)
+        plugin = VRLwFPlugin(VRLwFParams(vocab_size=32, seed=seed, vocab_draw=draw), context)
         plugin.vocabulary_inputs(classifier, SimpleNamespace(current_experience=session))
         draws.append(plugin.vocabulary)
-    assert torch.equal(draws[0], draws[1])
-    assert not torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[3])
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    # once (ZSCL): session 2 replays session 1's sentences; session: a new draw
+    assert torch.equal(draws[0], draws[3]) == (draw == "once")
 
 
 def test_class_names_vocabulary_uses_earlier_sessions_prompts(tiny):
