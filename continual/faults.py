@@ -61,6 +61,9 @@ def end_run(logger: Any, exc: BaseException, checkpoints: Path) -> None:
     if server is not None:  # marking the run would only wait on the dead server again
         raise TrackingError(f"MLflow tracking server {server} stopped answering during run {logger.run_id}; "
                             f"training stopped: {resume} once the server is back") from exc
+    if isinstance(exc, SystemExit):  # a scheduler's hook ending the process (submitit requeues a pre-empted job)
+        _finish(logger, "KILLED", f"stopped: the process exited with status {exc.code}")
+        return
     if isinstance(exc, KeyboardInterrupt):
         marked = _finish(logger, "KILLED", f"interrupted by {signal_name(exc)}")
         raise Interrupted(f"interrupted by {signal_name(exc)}: MLflow run {logger.run_id} {marked}; {resume}",

@@ -36,6 +36,7 @@ from continual import groups as G
 from continual.config import load_config, to_dict
 from continual.errors import ConfigError, UserError
 from continual.params import as_params
+from continual.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -192,20 +193,25 @@ def execute(todo: list[tuple[Child, str]], jobs: int, executor: str, folder: Pat
             echo(f"{outcomes[-1].status.lower()}: {child.name()}" + (f" ({outcomes[-1].error})" if outcomes[-1].error else ""))
         return outcomes
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch or sqlite state
     outcomes_by_index: dict[int, Outcome] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    try:
         futures = {pool.submit(task, c.config, c.overrides, parent, threads): i for i, (c, parent) in enumerate(todo)}
-        from concurrent.futures import as_completed
-
         for future in as_completed(futures):
             i = futures[future]
             outcome = future.result()
             outcomes_by_index[i] = outcome
             echo(f"{outcome.status.lower()}: {todo[i][0].name()}" + (f" ({outcome.error})" if outcome.error else ""))
+    except BaseException:  # interrupted: the workers' runs end KILLED (SIGTERM), resumable
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return [outcomes_by_index[i] for i in range(len(todo))]
 
 
@@ -218,6 +224,7 @@ class SweepResult:
     outcomes: list[Outcome]
 
 
+@sigterm_as_interrupt
 def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
           jobs: int = 1, executor: str = "local", baseline: Optional[str] = None, name: Optional[str] = None,
           metrics: Optional[Sequence[str]] = None, echo: Echo = print,
@@ -228,8 +235,8 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     from mlflow import MlflowClient
 
     from continual import report
-    from continual.runner import plan, tracking_uri
-    from continual.store import check_tracking_uri
+    from continual.preflight import preflight, tracking_uri
+    from continual.store import ensure_store
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
@@ -237,11 +244,11 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     children = grid(configs, overrides, seeds)
     for child in children:  # everything a real run would refuse, for every child, before any trains
-        plan(child.cfg)
+        preflight(child.cfg)
     uri = _one(children, tracking_uri, "tracking stores", "tracking.uri / output_dir")
     experiment = _one(children, lambda c: c.tracking.experiment, "experiments", "tracking.experiment")
     output_dir = _one(children, lambda c: c.output_dir, "output folders", "output_dir")
-    check_tracking_uri(uri)
+    ensure_store(uri)  # made once, before the workers open it together
     client = MlflowClient(uri)
 
     baseline = _baseline(children, baseline)
@@ -250,11 +257,16 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     group_runs = _group_runs(client, parent, children, output_dir)
     todo = []
     for child in children:
-        if _pending(client, parent.experiment_id, child, group_runs[child.group_key], output_dir):
+        state = _state(client, parent.experiment_id, child, group_runs[child.group_key], output_dir)
+        if state == "to run":
             todo.append((child, group_runs[child.group_key]))
         else:
-            echo(f"finished already: {child.name()}")
-    outcomes = execute(todo, jobs, executor, Path(output_dir) / "sweeps" / parent.run_id, echo, executor_options)
+            echo(f"{state}: {child.name()}")
+    try:
+        outcomes = execute(todo, jobs, executor, Path(output_dir) / "sweeps" / parent.run_id, echo, executor_options)
+    except BaseException as exc:  # Ctrl-C, SIGTERM: the children ended KILLED and resumable; so is the sweep
+        parent.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
 
     found = G.group(G.seed_runs(client, [parent.experiment_id], within=set(group_runs.values())))
     table = report.Table(found, report.columns_from(metrics, found), baseline, title=report.title_of(found))
@@ -266,20 +278,29 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     return SweepResult(parent.run_id, uri, table, outcomes)
 
 
-def _pending(client: Any, experiment_id: str, child: Child, group_id: str, output_dir: str) -> bool:
-    """Whether the child still has to run (or resume). A run of it that died before its first
-    checkpoint can never be resumed: it is deleted, so that every child ends with one run."""
+def _state(client: Any, experiment_id: str, child: Child, group_id: str, output_dir: str) -> str:
+    """``to run`` (or to resume), ``finished already``, or ``running elsewhere`` (another process
+    holds one of its runs). A run of it that died before its first checkpoint can never be
+    resumed: it is deleted, so that every child ends with one run."""
     from continual.checkpoint import STATE_FILE
+    from continual.locks import FileLock
     from continual.runner import config_fingerprint
 
     runs = client.search_runs([experiment_id], filter_string=(
         f"tags.config_fingerprint = '{config_fingerprint(child.cfg)}' and tags.`{G.PARENT_TAG}` = '{group_id}'"))
     if any(r.info.status == "FINISHED" for r in runs):
-        return False
+        return "finished already"
+    checkpoints = Path(output_dir) / "checkpoints"
     for r in runs:
-        if not (Path(output_dir) / "checkpoints" / r.info.run_id / STATE_FILE).exists():
-            client.delete_run(r.info.run_id)
-    return True
+        lock = FileLock(checkpoints / f"{r.info.run_id}.lock")
+        if not lock.acquire(blocking=False):
+            return "running elsewhere"
+        try:
+            if not (checkpoints / r.info.run_id / STATE_FILE).exists():
+                client.delete_run(r.info.run_id)
+        finally:
+            lock.release()
+    return "to run"
 
 
 def _one(children: Sequence[Child], key: Callable[[DictConfig], Any], what: str, fix: str) -> Any:

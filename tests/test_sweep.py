@@ -176,3 +176,40 @@ def test_a_failing_child_fails_alone_and_the_table_counts_it(tmp_path, monkeypat
     assert runs == {"0.001": "FINISHED", "0.002": "FAILED"}
     text = result.table.markdown()
     assert "| finetune train.lr=0.002 | 0 (1 not finished) |" in text and "| finetune train.lr=0.001 | 1 |" in text
+
+
+def test_a_preempted_slurm_child_is_requeued_and_resumes(tmp_path):
+    """submitit's preemption signal (USR2) reaches the child mid-run: its checkpoint hook
+    requeues the same call, which resumes the run from its last finished session."""
+    import submitit
+
+    from continual.sweep import RunChild
+
+    overrides = small_overrides(tmp_path) + ["train.epochs=30", "seed=0"]  # long enough to be caught mid-run
+    sweep(["default"], small_overrides(tmp_path), [5], echo=quiet)  # makes the store, a parent and a group run
+    client = MlflowClient(default_tracking_uri(str(tmp_path)))
+    group = next(r for r in client.search_runs([client.get_experiment_by_name("test").experiment_id])
+                 if r.data.tags.get(ROLE_TAG) == "group")
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="local")
+    job = executor.submit(RunChild(), "default", overrides, group.info.run_id)
+    deadline = time.monotonic() + 600
+    checkpointed = []
+    while time.monotonic() < deadline and not checkpointed and not job.done():
+        time.sleep(0.5)
+        checkpointed = [r for r in seed_runs(default_tracking_uri(str(tmp_path)))
+                        if r.data.params.get("train.epochs") == "30"
+                        and (tmp_path / "checkpoints" / r.info.run_id / "state.json").exists()]
+    assert checkpointed and not job.done(), "the child finished before it could be pre-empted"
+    # what SLURM does before pre-empting: the preemption signal to the task (not to submitit's
+    # local controller), whose handler calls the checkpoint hook and requeues
+    import psutil
+
+    task = psutil.Process(job._process.pid).children(recursive=True)[0]
+    task.send_signal(signal.SIGUSR2)
+    outcome = job.result()
+    assert outcome.status == "FINISHED" and outcome.run_id == checkpointed[0].info.run_id
+    runs = [r for r in seed_runs(default_tracking_uri(str(tmp_path))) if r.data.params.get("train.epochs") == "30"]
+    assert [r.info.run_id for r in runs] == [outcome.run_id] and runs[0].info.status == "FINISHED"
+    # the first process was stopped by the requeue (the run was marked KILLED then) and the
+    # requeued one finished the same run
+    assert "exited with status 144" in runs[0].data.tags.get("error", "")
