@@ -187,17 +187,19 @@ class ProbeDiagnostics:
         return out
 
     def log_figures(self, i: int, now: D.ProbeFeatures, logger: Any) -> None:
+        """Hand the logger row i's two figures to draw off the training thread."""
         from continual.diagnostics_figures import angle_distributions, probe_view
 
         where = f"{self.probe.name}; {self.title}" if self.title else self.probe.name
-        history = {k: torch.stack(v).numpy() for k, v in self.history.items()}
-        logger.log_figure(angle_distributions(history, where), "diagnostics/rotation_angles.png")
+        history = {k: torch.stack(v).numpy() for k, v in self.history.items()}  # a copy: the next rows append
         n_pairs = len(self.probe.pair_image)
         items = sorted(set(np.linspace(0, n_pairs - 1, min(self.view_items, n_pairs)).round().astype(int).tolist()))
         pairs = [(int(self.probe.pair_image[p]), int(self.probe.pair_text[p])) for p in items]
-        fig = probe_view(self.start, now, pairs, [self.probe.labels[a] for a, _ in pairs],
-                         f"before training and after session {i}: {where}")
-        logger.log_figure(fig, f"diagnostics/probe_view/session_{i:03d}.png")
+        labels, start = [self.probe.labels[a] for a, _ in pairs], self.start
+        # drawn on the logger's background thread, as the matrices are: training goes on meanwhile
+        logger.draw_figure(lambda: angle_distributions(history, where), "diagnostics/rotation_angles.png")
+        logger.draw_figure(lambda: probe_view(start, now, pairs, labels, f"before training and after session {i}: {where}"),
+                           f"diagnostics/probe_view/session_{i:03d}.png")
 
     # -- resume ----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -343,6 +343,13 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         """Write a matplotlib `figure` as the PNG artifact `artifact_file` (replacing an earlier one)."""
         self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 120})
+
+    def draw_figure(self, draw: Callable[[], Figure], artifact_file: str) -> None:
+        """Call `draw` and log its figure as `artifact_file`, on the background thread that draws
+        the matrices (same rules: a newer figure for the same file supersedes one not drawn yet;
+        :meth:`flush` and :meth:`finish` wait for it). `draw` must read only data that no longer
+        changes."""
+        self._figures.submit(artifact_file, lambda: self.log_figure(draw(), artifact_file))
 
     @uninterrupted
     def log_matrix(
