@@ -20,10 +20,15 @@ import pytest
 import torch
 
 from continual import diagnostics as D
+from numerics import sum_rounding
 from continual.probe_diagnostics import Probe, ProbeDiagnostics, pair_probe, subsample
 
 REL = 1e-9  # relative, for angles that should equal a known non-zero value (see above)
 ZERO_DEG = 1e-8  # absolute degrees, for angles that should be 0 after an SVD
+# A change of a mean cosine that should be 0: cosines are of magnitude <= 1 and each is a float64
+# dot product of d terms, then a mean over n pairs; two such means differ by rounding only.
+def cos_zero(n: int, d: int) -> float:
+    return sum_rounding(d + n, 1.0, torch.float64) * 4  # two dot products and two means
 
 
 def random_unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -142,8 +147,9 @@ def test_the_same_model_twice_shows_no_rotation_and_no_deviation(tux_control):
         assert metrics[f"{modality}/neighbour_spearman"] == 1.0 and metrics[f"{modality}/knn_overlap"] == 1.0
         assert metrics[f"{modality}/procrustes_residual_deg"] < ZERO_DEG
         assert math.isnan(metrics[f"{modality}/rigid_fraction"])  # nothing moved: nothing to explain
-    assert metrics["pairs/deviation_deg"] == 0.0 and metrics["pairs/cos_change"] == 0.0
-    assert abs(metrics["pairs/rigid_cos_change"]) < 1e-12
+    assert metrics["pairs/deviation_deg"] == 0.0 and metrics["pairs/cos_change"] == 0.0  # same numbers twice
+    # the best rotations of identical spaces are I up to the SVD's rounding
+    assert abs(metrics["pairs/rigid_cos_change"]) < cos_zero(len(first.images), first.images.shape[1]) * 100
 
 
 # -- inter-modal deviation -----------------------------------------------------------------------
@@ -156,7 +162,7 @@ def test_rotating_only_the_images_gives_a_deviation_equal_to_that_rotation():
     assert metrics["image/rotation_mean_deg"] == pytest.approx(alpha, rel=REL)
     assert metrics["text/rotation_mean_deg"] == 0.0
     # each modality only rotated: its best rotations explain the whole change of the pairs' cosine
-    assert metrics["pairs/rigid_cos_change"] == pytest.approx(metrics["pairs/cos_change"], abs=1e-12)
+    assert metrics["pairs/rigid_cos_change"] == pytest.approx(metrics["pairs/cos_change"], abs=cos_zero(n, d) * 100)
 
 
 def test_rotating_both_modalities_together_gives_no_deviation():
@@ -166,8 +172,9 @@ def test_rotating_both_modalities_together_gives_no_deviation():
     metrics, _ = D.compare(features(images, texts), features(images @ q, texts @ q))
     assert metrics["image/rotation_mean_deg"] == pytest.approx(alpha, rel=REL)
     assert metrics["text/rotation_mean_deg"] == pytest.approx(alpha, rel=REL)
-    assert metrics["pairs/deviation_deg"] < 1e-10  # |alpha - alpha|, each to a few ulps
-    assert abs(metrics["pairs/cos_change"]) < 1e-12 and abs(metrics["pairs/rigid_cos_change"]) < 1e-12
+    assert metrics["pairs/deviation_deg"] < alpha * REL  # |alpha - alpha|, each alpha within REL
+    bound = cos_zero(n, d) * 100  # x100: the rotations pass through an SVD (its rounding: see REL)
+    assert abs(metrics["pairs/cos_change"]) < bound and abs(metrics["pairs/rigid_cos_change"]) < bound
 
 
 def test_modality_gap_and_pair_cosine_by_hand():
