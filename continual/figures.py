@@ -8,6 +8,7 @@ has not trained on yet (zero-shot on future data): the heatmap sets those cells 
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,16 @@ def chance_note(chance: Optional[float | Sequence[float]]) -> str:
     return f"chance {low:.3g}%" if np.isclose(low, high) else f"chance {low:.3g}-{high:.3g}%"
 
 
+def tick_labels(labels: Sequence[Any], width: int = 18) -> list[str]:
+    """Labels wrapped onto lines of at most ``width`` characters: a session named by its groups
+    ("People & Body, Symbols, animals, ...") would otherwise squeeze the matrix to nothing."""
+    return ["\n".join(textwrap.wrap(str(c), width)) or str(c) for c in labels]
+
+
+def _label_lines(labels: Sequence[str]) -> int:
+    return max((label.count("\n") + 1 for label in labels), default=1)
+
+
 def heatmap(
     R: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
     scale: Optional[tuple[float, float]] = PERCENT, std: Optional[np.ndarray] = None,
@@ -44,7 +55,8 @@ def heatmap(
     seeds), the chance level in the colour bar's label, and, with ``staircase``, the cells of
     sessions not yet trained hatched and fenced off by a line."""
     rows, cols = R.shape
-    size = (max(4.5, 1.05 * cols + 3.0), max(3.2, (0.75 if std is not None else 0.55) * rows + 2.0))
+    extra = 0.16 * (_label_lines(tick_labels(col_labels)) - 1)  # room for wrapped column labels
+    size = (max(4.5, 1.2 * cols + 3.0), max(3.2, (0.75 if std is not None else 0.55) * rows + 2.0) + extra)
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     _draw_heatmap(fig, fig.add_subplot(), R, row_labels, col_labels, title, scale, std, chance, value_label, staircase)
@@ -58,8 +70,8 @@ def matrix_grid(matrices: Sequence[tuple[str, Any]], columns: int = 2) -> Option
         return None
     rows = math.ceil(len(matrices) / columns)
     first = matrices[0][1]
-    width = max(4.5, 1.05 * len(first.columns) + 3.0)
-    height = max(3.2, 0.75 * len(first.rows) + 2.0)
+    width = max(4.5, 1.2 * len(first.columns) + 3.0)
+    height = max(3.2, 0.75 * len(first.rows) + 2.0) + 0.16 * (_label_lines(tick_labels(first.columns)) - 1)
     fig = Figure(figsize=(width * min(columns, len(matrices)), height * rows), layout="constrained")
     FigureCanvasAgg(fig)
     for k, (label, m) in enumerate(matrices):
@@ -79,7 +91,7 @@ def _draw_heatmap(fig: Figure, ax: Any, R: np.ndarray, row_labels: Sequence[str]
     vmin, vmax = scale
     image = ax.imshow(np.ma.masked_invalid(R), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     note = chance_note(chance)
-    fig.colorbar(image, ax=ax, label=value_label + (f"; {note}" if note else ""))
+    fig.colorbar(image, ax=ax, label=value_label + (f"\n{note}" if note else ""))
     fmt = _value_format(R)
     fontsize = 9 if cols <= 8 else 7
     for i in range(rows):
@@ -101,9 +113,10 @@ def _draw_heatmap(fig: Figure, ax: Any, R: np.ndarray, row_labels: Sequence[str]
             steps_x += [min(i, cols) - 0.5, min(i, cols) - 0.5]
             steps_y += [i - 0.5, i + 0.5]
         ax.plot(steps_x, steps_y, color="white", linewidth=2)
-    slanted = cols > 5 or max((len(str(c)) for c in col_labels), default=0) > 14
-    ax.set_xticks(range(cols), [str(c) for c in col_labels],
-                  rotation=35 if slanted else 0, ha="right" if slanted else "center")
+    labels = tick_labels(col_labels)
+    slanted = cols > 5  # wrapped labels side by side fit up to 5 columns
+    ax.set_xticks(range(cols), labels, rotation=35 if slanted else 0, ha="right" if slanted else "center",
+                  fontsize=8 if _label_lines(labels) > 1 else None)
     ax.set_yticks(range(rows), [str(r) for r in row_labels])
     ax.set_xlabel("test data of" + ("   (hatched: not trained on yet)" if staircase else ""))
     ax.set_ylabel("model")
@@ -146,7 +159,7 @@ def curves(
     ax = fig.add_subplot()
     x = np.arange(rows)
     for j in range(cols):
-        ax.plot(x, R[:, j], marker="o", label=str(col_labels[j]))
+        ax.plot(x, R[:, j], marker="o", label=tick_labels([col_labels[j]], 30)[0])
     if chance is not None and np.ndim(chance) == 0:
         ax.axhline(float(chance), color="gray", linestyle=":", linewidth=1, label=chance_note(chance))
     slanted = rows > 4  # "after session 10" labels overlap unless slanted

@@ -421,3 +421,26 @@ def test_logging_through_a_real_server(server: tuple[str, Path], tmp_path: Path)
     np.testing.assert_array_equal(values, R)
     # Artifacts were uploaded over HTTP into the server's artifact destination.
     assert list(artifact_dir.rglob("accuracy_matrix.csv"))
+
+
+def test_heatmap_with_long_session_names_keeps_its_matrix(tmp_path):
+    """Sessions named by their groups (the image-text streams') are wrapped onto lines: unwrapped,
+    slanted labels this long squeezed the matrix until matplotlib gave up its layout."""
+    import warnings
+
+    from continual.figures import heatmap, tick_labels
+
+    cols = ["Activities, household, Travel & Places, clothes, town",
+            "People & Body, Symbols, animals, Animals & Nature, seasonal",
+            "Flags, plants, food, symbols, vehicles", "Smileys & Emotion, Objects, Food & Drink, hobbies, people"]
+    rows = ["before training"] + [f"after session {i}" for i in range(1, 5)]
+    R = np.linspace(0, 100, 20).reshape(5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" is a UserWarning
+        fig = heatmap(R, rows, cols, "i-to-t R@1 (%)", chance=[3.125, 12.5, 10, 11.1], value_label="i-to-t R@1 (%)")
+        fig.savefig(tmp_path / "h.png", dpi=60)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == tick_labels(cols)
+    assert all(len(line) <= 18 for label in tick_labels(cols) for line in label.splitlines())
+    box = ax.get_position()  # the matrix keeps most of the figure
+    assert box.width > 0.5 and box.height > 0.4
