@@ -26,12 +26,12 @@ from continual.groups import Group, find_group
 class Column:
     metric: str
     header: str
-    unit: str  # "%", "pts" (percentage points) or "x" (a ratio)
-    higher_is_better: bool
+    unit: str  # "%", "pts" (percentage points), "x" (a ratio), "deg" (degrees), "share", or ""
+    higher_is_better: Optional[bool]  # None: a description, not a score (no best is marked)
 
     @property
     def title(self) -> str:
-        return f"{self.header} ({self.unit})"
+        return f"{self.header} ({self.unit})" if self.unit else self.header
 
 
 CLASS_INCREMENTAL = [
@@ -57,6 +57,19 @@ IMAGE_TEXT = [
     Column("retention/relative", "control retention", "x", True),
 ]
 
+# The spatial-disorder diagnostics (continual.diagnostics): how the representation changed, which
+# no column ranks (less rotation is the Mod-X paper's hypothesis of less forgetting, not a score).
+DIAGNOSTICS = [
+    Column("diag/image/rotation_mean_deg", "image rotation since start", "deg", None),
+    Column("diag/text/rotation_mean_deg", "text rotation since start", "deg", None),
+    Column("diag/pairs/deviation_deg", "deviation since start", "deg", None),
+    Column("diag/step/image/rotation_mean_deg", "image rotation in the last session", "deg", None),
+    Column("diag/step/text/rotation_mean_deg", "text rotation in the last session", "deg", None),
+    Column("diag/step/pairs/deviation_deg", "deviation in the last session", "deg", None),
+    Column("diag/image/rigid_fraction", "image change that is a rotation", "share", None),
+    Column("diag/text/rigid_fraction", "text change that is a rotation", "share", None),
+]
+
 
 def default_columns(groups: Sequence[Group]) -> list[Column]:
     """The columns that describe the runs' kind of stream (image-text, multi-domain or
@@ -70,9 +83,11 @@ def default_columns(groups: Sequence[Group]) -> list[Column]:
 def column_for(metric: str) -> Column:
     """A column for any metric: a known one, else named by the metric (lower is better for
     forgetting, performance drop and divergence-like names)."""
-    for c in CLASS_INCREMENTAL + MULTI_DOMAIN + IMAGE_TEXT:
+    for c in CLASS_INCREMENTAL + MULTI_DOMAIN + IMAGE_TEXT + DIAGNOSTICS:
         if c.metric == metric:
             return c
+    if metric.startswith("diag/"):
+        return Column(metric, metric, "", None)
     lower = any(w in metric for w in ("forgetting", "pd", "median_rank", "rotation", "deviation", "gap", "residual"))
     return Column(metric, metric, "", not lower)
 
@@ -106,6 +121,8 @@ class Table:
             self._mark_best(c)
 
     def _mark_best(self, c: Column) -> None:
+        if c.higher_is_better is None:
+            return
         ranked = sorted((g for g in self.groups if self.cells[g.key, c.metric].summary.n),
                         key=lambda g: self.cells[g.key, c.metric].summary.mean, reverse=c.higher_is_better)
         if not ranked:
@@ -134,9 +151,11 @@ class Table:
                 text = _mean_std(cell.summary, c)
                 cells.append(f"**{text}**" if cell.marked else text)
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Mean ± std over seeds; the 95% interval of each mean is in the CSV. Bold: the best of the "
-                  "column and significantly better than the runner-up (paired t-test over their shared seeds, "
-                  "p < 0.05); no bold: the ranking is not established."]
+        ranked = any(c.higher_is_better is not None for c in self.columns)
+        lines += ["", "Mean ± std over seeds; the 95% interval of each mean is in the CSV. " + (
+                  "Bold: the best of the column and significantly better than the runner-up (paired t-test over "
+                  "their shared seeds, p < 0.05); no bold: the ranking is not established." if ranked else
+                  "These columns describe the change; none is a score, so none is ranked.")]
         if self.baseline is not None:
             lines += ["", f"Against **{self.baseline.label}**, paired by seed: mean difference [95% interval]; "
                       "p of the paired t-test / of the Wilcoxon signed-rank test (* where the t-test gives p < 0.05):",
@@ -196,7 +215,7 @@ class Table:
 
 
 def _digits(c: Column) -> int:
-    return 2 if c.unit == "x" else 1
+    return 2 if c.unit in ("x", "share") else 1
 
 
 def _mean_std(s: stats.Summary, c: Column) -> str:
@@ -240,7 +259,7 @@ def describe(table: Table) -> str:
         if best is None:
             continue
         cell = table.cells[best.key, c.metric]
-        unit = c.unit if c.unit == "%" else f" {c.unit}"
+        unit = c.unit if c.unit in ("%", "") else f" {c.unit}"
         parts.append(f"{c.header}: {best.label} {_mean_std(cell.summary, c)}{unit}"
                      + ("" if cell.marked else " (not significantly ahead)"))
     return "; ".join(parts)

@@ -105,3 +105,20 @@ def test_csv_and_latex_carry_the_same_numbers(table):
     assert float(zscl["ci95_low"]) < 44.0 < float(zscl["ci95_high"])
     latex = table.latex()
     assert r"\textbf{44.0 $\pm$ 3.2}$^{*}$" in latex and r"\begin{tabular}" in latex
+
+
+def test_diagnostics_are_described_not_ranked():
+    """A rotation in degrees is not a score: the table names it with its unit, tests it against
+    the baseline like any metric, and marks no best."""
+    from continual.report import column_for
+
+    fine = runs("finetune", {s: {"diag/image/rotation_mean_deg": 50.0 + s} for s in range(5)})
+    modx = runs("modx", {s: {"diag/image/rotation_mean_deg": 60.0 + s + 0.1 * (-1) ** s} for s in range(5)})
+    column = column_for("diag/image/rotation_mean_deg")
+    assert column.title == "image rotation since start (deg)" and column.higher_is_better is None
+    t = Table(group(fine + modx), [column], "finetune")
+    cells = [t.cells[g.key, column.metric] for g in t.groups]
+    assert not any(c.best or c.marked for c in cells)
+    assert next(c for c in cells if c.versus is not None).versus.significant()  # 10 degrees more on every seed
+    assert "**" not in t.markdown().split("Against")[0] and "none is ranked" in t.markdown()
+    assert column_for("diag/gap/centroid_distance").title == "diag/gap/centroid_distance"  # no "()"
