@@ -59,6 +59,7 @@ class RunRecord:
     params: dict[str, str]
     final: dict[str, float]  # each metric's last value (after the last session)
     artifact_uri: str = ""
+    sessions: Optional[int] = None  # the stream's number of sessions (its run's tag)
 
     @property
     def strategy(self) -> str:
@@ -97,8 +98,9 @@ def record(run: Any) -> RunRecord:
         seed = int(params.get("seed", run.data.tags.get("seed", "0")))
     except ValueError:
         seed = 0
+    sessions = run.data.tags.get("sessions", "")
     return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status, seed, params,
-                     dict(run.data.metrics), run.info.artifact_uri)
+                     dict(run.data.metrics), run.info.artifact_uri, int(sessions) if sessions.isdigit() else None)
 
 
 def seed_runs(client: Any, experiment_ids: list[str], within: Optional[Iterable[str]] = None) -> list[RunRecord]:

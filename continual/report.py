@@ -268,9 +268,11 @@ def describe(table: Table) -> str:
 def title_of(groups: Sequence[Group]) -> str:
     """What the runs are: the stream, its sessions, the number of groups and the seeds."""
     runs = [r for g in groups for r in g.runs + g.failed]
-    streams = sorted({f"{r.params.get('stream.name', '?')}, {r.params.get('stream.n_sessions', '?')} sessions" for r in runs})
+    # the run's own count (multi-domain and few-shot streams do not read stream.n_sessions)
+    streams = sorted({f"{r.params.get('stream.name', '?')}, {r.sessions or r.params.get('stream.n_sessions', '?')} sessions"
+                      for r in runs})
     seeds = sorted({r.seed for r in runs})
-    return f"{'; '.join(streams)}: {len(groups)} groups, seeds {', '.join(map(str, seeds))}"
+    return f"{'; '.join(streams)}: {len(groups)} group{'' if len(groups) == 1 else 's'}, seeds {', '.join(map(str, seeds))}"
 
 
 def from_store(target: str, tracking_uri: str, baseline: Optional[str] = None,

@@ -173,7 +173,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
         uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name or run_info.default_run_name(cfg), run_id=run_id,
         tags={"strategy": cfg.strategy.name, "stream": cfg.stream.name, "model": cfg.model.name,
               "pretrained": cfg.model.pretrained or "random init", "seed": str(cfg.seed),
-              "config_fingerprint": fingerprint, **({PARENT_TAG: parent} if parent else {})},
+              "config_fingerprint": fingerprint, "sessions": str(T), **({PARENT_TAG: parent} if parent else {})},
         params=to_dict(cfg),
         artifact_location=None if cfg.tracking.uri else default_artifact_root(cfg.output_dir),
     ) if distributed.is_main() else distributed.SilentLogger(None)

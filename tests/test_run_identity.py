@@ -36,6 +36,7 @@ def test_the_description_states_the_result_with_units(two_runs):
     tags = MlflowClient(first.tracking_uri).get_run(first.run_id).data.tags
     note = tags["mlflow.note.content"]
     assert note.startswith("vrlwf on digits, seed 0, after session 2 of 2: ")
+    assert tags["sessions"] == "2"  # the stream's own count, which the comparison table's title reads
     assert f"accuracy on seen sessions {first.summary['acc/seen']:.1f}%" in note
     assert f"forgetting {first.summary['cl/forgetting']:.1f} pts" in note
     assert f"(retention {first.summary['retention/relative']:.2f}x)" in note

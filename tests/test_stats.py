@@ -122,3 +122,14 @@ def test_diagnostics_are_described_not_ranked():
     assert next(c for c in cells if c.versus is not None).versus.significant()  # 10 degrees more on every seed
     assert "**" not in t.markdown().split("Against")[0] and "none is ranked" in t.markdown()
     assert column_for("diag/gap/centroid_distance").title == "diag/gap/centroid_distance"  # no "()"
+
+
+def test_the_title_counts_the_runs_sessions_not_the_unused_key():
+    """A multi-domain stream has one session per dataset, whatever stream.n_sessions says."""
+    from dataclasses import replace
+
+    from continual.report import title_of
+
+    domains = [replace(r, sessions=4) for r in runs("finetune", {0: {}, 1: {}}, **{"stream.n_sessions": "5"})]
+    assert title_of(group(domains)).startswith("digits, 4 sessions: 1 group, seeds 0, 1")
+    assert title_of(group(runs("finetune", {0: {}}))).startswith("digits, 2 sessions")  # older runs: the key
