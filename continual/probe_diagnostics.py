@@ -198,8 +198,10 @@ class ProbeDiagnostics:
         labels, start = [self.probe.labels[a] for a, _ in pairs], self.start
         # drawn on the logger's background thread, as the matrices are: training goes on meanwhile
         logger.draw_figure(lambda: angle_distributions(history, where), "diagnostics/rotation_angles.png")
+        # one file, redrawn for the newest session (a newer one supersedes a drawing not started):
+        # a file per session drew once per session, which made a run of many short sessions slow
         logger.draw_figure(lambda: probe_view(start, now, pairs, labels, f"before training and after session {i}: {where}"),
-                           f"diagnostics/probe_view/session_{i:03d}.png")
+                           "diagnostics/probe_view.png")
 
     # -- resume ----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
