@@ -81,11 +81,24 @@ def test_shipped_configs_resolve_by_name_outside_the_checkout(tmp_path):
     out = subprocess.run([sys.executable, "-m", "continual", "run", "vrlwf", "--dry-run", f"output_dir={tmp_path}"],
                          cwd=tmp_path, capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "strategy vrlwf" in out.stdout, out.stderr
-    out = subprocess.run([sys.executable, "-m", "continual", "run", "stream.n_sessions=2", "--dry-run",
-                          f"output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "strategy finetune" in out.stdout and "2 sessions" in out.stdout, out.stderr
-    out = subprocess.run([sys.executable, "-m", "continual", "list"], cwd=tmp_path, capture_output=True, text=True)
-    assert "pairs-offline" in out.stdout and "pretrain-lit" in out.stdout
+    # the rest in this process (imports paid once), still from a directory without configs/
+    import contextlib
+    import io
+    import os
+
+    from continual.cli import main
+
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for argv, want in ((["run", "stream.n_sessions=2", "--dry-run", f"output_dir={tmp_path}"], ["strategy finetune", "2 sessions"]),
+                           (["list"], ["pairs-offline", "pretrain-lit"])):
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main(argv) in (0, None)
+            assert all(w in printed.getvalue() for w in want), printed.getvalue()[-2000:]
+    finally:
+        os.chdir(here)
 
 
 def test_cli_help_does_not_import_heavy_packages():
