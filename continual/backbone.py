@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from continual.errors import UserError
+from continual.errors import UserError, first_line
 
 # No hub is reachable on our machines; a missing local file must fail fast, not retry for 45 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -151,11 +151,11 @@ def create_model(name: str, pretrained: str = "") -> tuple[nn.Module, Callable, 
         if pretrained and not Path(pretrained).exists():
             raise UserError(f"model.pretrained: could not load '{pretrained}' for {name} offline ({str(exc).splitlines()[0]}); give a local checkpoint path, or base:lit") from None
         if pretrained:  # a file of other tensors or shapes
-            raise UserError(f"model.pretrained: {pretrained} does not fit model {name} ({_first_line(exc)}); "
+            raise UserError(f"model.pretrained: {pretrained} does not fit model {name} ({first_line(exc, 200)}); "
                             "check model.name, or give this model's checkpoint") from None
         raise
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refuses a pickle of objects: nothing ran
-        raise UserError(f"model.pretrained: {pretrained} is a pickle that is not plain tensors ({_first_line(exc)}); "
+        raise UserError(f"model.pretrained: {pretrained} is a pickle that is not plain tensors ({first_line(exc, 200)}); "
                         "refused without running it: give a safetensors file or a plain state-dict checkpoint") from None
     finally:
         quiet.setLevel(level)
@@ -164,10 +164,6 @@ def create_model(name: str, pretrained: str = "") -> tuple[nn.Module, Callable, 
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(name)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _load_efficientnet_lite0(trunk: nn.Module) -> None:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
 from continual import shipped
-from continual.errors import ConfigError
+from continual.errors import ConfigError, first_line
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
 TRAINABLE = ("projections", "image", "text", "all", "none")
@@ -234,7 +234,7 @@ def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfi
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors are multi-line: keep the first line
-            raise ConfigError(f"{path}: not valid YAML: {_first_line(exc)}") from None
+            raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path}: the top level is a list; a config is a mapping of sections "
                               "(model:, stream:, train:, ...), as in configs/default.yaml")
@@ -360,15 +360,15 @@ def _explain(exc: OmegaConfBaseException, prefix: str = "", allowed: List[str] |
         return ConfigError(f"unknown config key '{key}'{hint}; allowed{where}: {', '.join(options) or '(none)'}")
     if isinstance(exc, ValidationError):
         expected = getattr(exc, "ref_type", None) or getattr(exc, "object_type", None)
-        msg = _first_line(exc)
+        msg = first_line(exc)
         m = re.search(r"Value '(.*?)' (?:of type '.*?' )?could not be converted to (\w+)", msg)
         if m:
             return ConfigError(f"{key}: expected {m.group(2)}, got '{m.group(1)}'")
         return ConfigError(f"{key}: {msg}" + (f" (expected {expected})" if expected else ""))
     if isinstance(exc, InterpolationResolutionError):
-        return ConfigError(f"{key or 'config'}: {_first_line(exc)}; fix the ${{...}} reference "
+        return ConfigError(f"{key or 'config'}: {first_line(exc)}; fix the ${{...}} reference "
                            "(a dotted key from the top of the config, e.g. ${model.name})")
-    return ConfigError(f"{key or 'config'}: {_first_line(exc)}")
+    return ConfigError(f"{key or 'config'}: {first_line(exc)}")
 
 
 def _keys_of(dotted: str) -> List[str]:
@@ -383,10 +383,6 @@ def _keys_of(dotted: str) -> List[str]:
             return []
     return [f.name for f in dataclasses.fields(node)]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from continual.config import ControlConfig, StreamConfig, check_choice
-from continual.errors import ConfigError
+from continual.errors import ConfigError, first_line
 from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder, encode_images
 from streams.captions import EMOJI_INSTALL, TUX_INSTALL, Pair, PairDataset, emoji_pairs, split_by_concept, tux_pairs
 from streams.classification import content_key
@@ -143,9 +143,9 @@ def _torchvision(domain: Domain, cfg: StreamConfig, seed: int, download: bool) -
         raw = [make(str(root), download=download, **kwargs) for kwargs in domain.split_args or [{}]]
     except (RuntimeError, OSError, ValueError) as exc:  # torchvision: "Dataset not found ...", failed downloads
         if download and domain.hint == TORCHVISION_HINT:
-            raise DataNotFoundError(f"{domain.title} could not be downloaded to {root} ({_first_line(exc)}); check "
+            raise DataNotFoundError(f"{domain.title} could not be downloaded to {root} ({first_line(exc)}); check "
                                     "the internet connection, or put torchvision's files there by hand") from None
-        raise DataNotFoundError(f"{domain.title} not found or incomplete in {root} ({_first_line(exc)}); {domain.hint}") from None
+        raise DataNotFoundError(f"{domain.title} not found or incomplete in {root} ({first_line(exc)}); {domain.hint}") from None
     parts = [_wrap(domain, ds, root) for ds in raw]
     if len(parts) == 2:
         return parts[0], parts[1]
@@ -570,8 +570,3 @@ def cache_key(name: str, ds: Images) -> str:
     h.update("\n".join(ds.ids).encode())
     h.update(np.asarray(ds.targets, dtype=np.int64).tobytes())
     return f"{name}-{len(ds)}-{h.hexdigest()}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
