@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from continual.errors import UserError
+from continual.errors import UserError, first_line
 
 DEFAULT_CONFIG = "default"  # the shipped configs/default.yaml (continual.shipped)
 
@@ -286,7 +286,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
         summary = M.summarize(R, initial_row=initial, weights=weights)
     except (ValueError, OSError) as exc:
-        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise UserError(first_line(exc)) from None
     summary["sessions"] = float(R.shape[1])
     summary["initial_row"] = float(initial)
     if args.format == "json":  # strict JSON: an undefined metric is null, never NaN or Infinity

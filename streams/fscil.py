@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from continual.config import StreamConfig
+from continual.errors import first_line
 from continual.stream import ClassificationStream, ImageEncoder, TextEncoder
 from streams.classification import class_incremental, nominal_stream
 from streams.datasets import DEFAULT_DOWNLOAD_ROOT, DataNotFoundError, LabelledImages
@@ -83,8 +84,7 @@ def cifar100(root: Path, download: bool = False) -> tuple[LabelledImages, Labell
     try:
         sets = [TorchCIFAR100(str(root), train=t, download=not present) for t in (True, False)]
     except Exception as exc:  # network errors, a broken archive: one line, whatever the cause
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataNotFoundError(f"CIFAR-100 could not be {'read' if present else 'downloaded'} into {root} ({reason}); "
+        raise DataNotFoundError(f"CIFAR-100 could not be {'read' if present else 'downloaded'} into {root} ({first_line(exc)}); "
                                 f"check the internet connection, or unpack cifar-100-python.tar.gz there") from None
     names = [c.replace("_", " ") for c in sets[0].classes]
     return tuple(LabelledImages(ds.data, ds.targets, names) for ds in sets)  # type: ignore[return-value]
