@@ -4,10 +4,10 @@ A run redraws its matrix figures after every session, for whoever watches it in 
 newest drawing matters. :class:`LatestWins` runs jobs by key on one worker thread: a job
 submitted under a key whose earlier job has not started yet replaces it, and a key's jobs start
 at least ``min_interval`` seconds apart, so that a run of many short sessions draws a few times,
-not once per session (drawing is Python code: on a background thread it still competes with
-training for the interpreter, so what bounds its cost is drawing less often). :meth:`flush` runs
-what is pending at once and waits for it, re-raising the first error a job raised. The worker is
-not a daemon, so an interpreter that exits without a flush still finishes the jobs it holds.
+not once per session (the drawing itself happens in another process, :mod:`continual.drawing`,
+which still takes a core). :meth:`flush` runs what is pending at once and waits for it,
+re-raising the first error a job raised. The worker is not a daemon, so an interpreter that
+exits without a flush still finishes the jobs it holds.
 """
 
 from __future__ import annotations

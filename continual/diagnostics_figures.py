@@ -1,12 +1,13 @@
 """Figures of the spatial-disorder diagnostics (:mod:`continual.probe_diagnostics`): the angle
-distributions per session, and a 2-D view of a few probe items before and after."""
+distributions per session, and a 2-D view of a few probe items before and after.
+
+Drawn in the drawing process (:mod:`continual.drawing`): numpy and matplotlib only, no torch."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -42,22 +43,28 @@ def angle_distributions(history: dict[str, np.ndarray], where: str) -> Figure:
     return fig
 
 
-def probe_view(old: Any, new: Any, pairs: Sequence[tuple[int, int]], labels: Sequence[str], title: str) -> Figure:
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def probe_view(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray], pairs: Sequence[tuple[int, int]],
+               labels: Sequence[str], title: str) -> Figure:
     """A 2-D view (the top two principal components of all probe features, both models and
     both modalities) of a few probe pairs: each image (circle) and its text (square) before
-    (hollow) and after (filled), an arrow for each move. ``old``/``new`` have ``images`` and
-    ``texts`` (unit rows); ``pairs`` are (image index, text index)."""
-    feats = [torch.nn.functional.normalize(t.double(), dim=-1) for t in (old.images, old.texts, new.images, new.texts)]
-    stacked = torch.cat(feats)
-    mean = stacked.mean(dim=0)
-    _, s, vh = torch.linalg.svd(stacked - mean, full_matrices=False)
+    (hollow) and after (filled), an arrow for each move. ``old``/``new`` are (image features,
+    text features); ``pairs`` are (image index, text index)."""
+    feats = [_unit(f) for f in (*old, *new)]
+    stacked = np.concatenate(feats)
+    mean = stacked.mean(axis=0)
+    _, s, vh = np.linalg.svd(stacked - mean, full_matrices=False)
     share = (s[:2] ** 2).sum() / (s ** 2).sum()
     oi, ot, ni, nt = ((f - mean) @ vh[:2].T for f in feats)
     fig = Figure(figsize=(8.6, 5.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.scatter(*torch.cat([oi, ot]).T, s=4, color="0.8", label="all probe items, before")
-    ax.scatter(*torch.cat([ni, nt]).T, s=4, color="0.55", label="all probe items, after")
+    ax.scatter(*np.concatenate([oi, ot]).T, s=4, color="0.8", label="all probe items, before")
+    ax.scatter(*np.concatenate([ni, nt]).T, s=4, color="0.55", label="all probe items, after")
     for k, ((a, b), label) in enumerate(zip(pairs, labels)):
         colour = f"C{k % 10}"
         for before, after, marker in ((oi[a], ni[a], "o"), (ot[b], nt[b], "s")):

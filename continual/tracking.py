@@ -36,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.background import LatestWins
+from continual.drawing import save_figure
 from continual.figures import curves, heatmap
 from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
 from continual.signals import uninterrupted
@@ -74,7 +75,7 @@ def _now_ms() -> int:
 
 
 # A matrix's figures are redrawn at most this often (seconds; the latest always at finish): a
-# heatmap and its curves take ~0.5 s of Python on the 2-core build machine, which a run of many
+# heatmap and its curves take ~0.5 s of a core on the 2-core build machine, which a run of many
 # short sessions would otherwise spend after each of them (see continual.background).
 FIGURE_INTERVAL = 5.0
 
@@ -134,7 +135,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._finished = False
         self._metrics: list[Metric] = []  # logged, not yet sent (see flush)
-        self._figures = _figure_worker()  # matrix figures, drawn off the training thread
+        self._figures = _figure_worker()  # figures, drawn off the training process and uploaded
         self._logged: set[tuple[str, int]] = set()  # (metric, step) pairs the run has
 
         if run_id is None:
@@ -344,12 +345,23 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         """Write a matplotlib `figure` as the PNG artifact `artifact_file` (replacing an earlier one)."""
         self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 120})
 
-    def draw_figure(self, draw: Callable[[], Figure], artifact_file: str) -> None:
-        """Call `draw` and log its figure as `artifact_file`, on the background thread that draws
-        the matrices (same rules: a newer figure for the same file supersedes one not drawn yet;
-        :meth:`flush` and :meth:`finish` wait for it). `draw` must read only data that no longer
-        changes."""
-        self._figures.submit(artifact_file, lambda: self.log_figure(draw(), artifact_file))
+    def draw_figure(self, artifact_file: str, draw: Callable[..., Figure], *args: Any, **kwargs: Any) -> None:
+        """Log ``draw(*args, **kwargs)`` as the PNG artifact `artifact_file`, drawn in the drawing
+        process (:mod:`continual.drawing`: `draw` a module-level function, the arguments plain
+        data) and uploaded by the background thread that handles the matrices' figures (same
+        rules: a newer figure for the same file supersedes one not drawn yet; :meth:`flush` and
+        :meth:`finish` wait for it)."""
+        self._figures.submit(artifact_file, lambda: self._draw_and_log({artifact_file: (draw, args, kwargs)}))
+
+    def _draw_and_log(self, figures: Mapping[str, tuple[Callable[..., Figure], tuple, dict]]) -> None:
+        """Draw every figure (artifact file -> draw, args, kwargs) in the drawing process, then
+        upload them together: a failure leaves no half-updated set."""
+        with tempfile.TemporaryDirectory(prefix="continual-figures-") as tmp:
+            for artifact_file, (draw, args, kwargs) in figures.items():
+                path = Path(tmp, artifact_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_figure(path, draw, *args, dpi=120, **kwargs)
+            self.client.log_artifacts(self.run_id, tmp)
 
     @uninterrupted
     def log_matrix(
@@ -371,8 +383,8 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         - with `figures`: ``<name>_heatmap.png`` (every cell's value on a fixed 0-100 scale,
           sessions not trained on yet hatched, the `chance` level noted) and ``<name>_curves.png``
           (one line per column, a session's test data, against the rows, training progress).
-          Drawn and uploaded on a background thread, so that training goes on meanwhile, at
-          most every ``FIGURE_INTERVAL`` seconds: a newer matrix of the same `name` supersedes
+          Drawn in the drawing process (:mod:`continual.drawing`) and uploaded by a background
+          thread, so that training goes on meanwhile, at most every ``FIGURE_INTERVAL`` seconds: a newer matrix of the same `name` supersedes
           one not drawn yet; :meth:`finish` (or :meth:`flush`) draws the latest and waits for it.
         Row i is e.g. "before training" / "after session i", column j "session j".
         Calling it again with the same `name` replaces the files. `name` may contain
@@ -396,20 +408,11 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
                     writer.writerow([label, *(repr(float(v)) for v in row)])
             self.client.log_artifacts(self.run_id, tmp)
         if figures:
-            self._figures.submit(name, lambda: self._draw_matrix(name, R, row_labels, col_labels, title,
-                                                                 value_label, chance))
-
-    def _draw_matrix(self, name: str, R: np.ndarray, row_labels: list[str], col_labels: list[str], title: str,
-                     value_label: str, chance: float | Sequence[float] | None) -> None:
-        """Draw both figures first, upload them together: a failure leaves no half-updated pair."""
-        with tempfile.TemporaryDirectory(prefix="continual-figures-") as tmp:
-            base = Path(tmp, name)
-            base.parent.mkdir(parents=True, exist_ok=True)
-            heatmap(R, row_labels, col_labels, title, chance=chance, value_label=value_label).savefig(
-                f"{base}_heatmap.png", dpi=120)
-            curves(R, row_labels, col_labels, title, value_label, chance=chance).savefig(
-                f"{base}_curves.png", dpi=120)
-            self.client.log_artifacts(self.run_id, tmp)
+            self._figures.submit(name, lambda: self._draw_and_log({
+                f"{name}_heatmap.png": (heatmap, (R, row_labels, col_labels, title),
+                                        {"chance": chance, "value_label": value_label}),
+                f"{name}_curves.png": (curves, (R, row_labels, col_labels, title, value_label), {"chance": chance}),
+            }))
 
     @uninterrupted
     def set_description(self, text: str) -> None:

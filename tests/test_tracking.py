@@ -257,13 +257,13 @@ def test_figures_are_drawn_off_the_callers_thread_latest_wins(store: str, tmp_pa
 
     release, drawn = threading.Event(), []
 
-    def slow_heatmap(R, *args, **kwargs):
-        release.wait(10)  # holds the worker until the test lets it go
-        drawn.append((threading.current_thread().name, R.copy()))
-        return real_heatmap(R, *args, **kwargs)
+    def slow_save(path, draw, *args, **kwargs):
+        release.wait(10)  # holds the uploading thread until the test lets it go
+        drawn.append((threading.current_thread().name, Path(path).name, args[0].copy()))
+        return real_save(path, draw, *args, **kwargs)
 
-    real_heatmap = tracking.heatmap
-    monkeypatch.setattr(tracking, "heatmap", slow_heatmap)
+    real_save = tracking.save_figure
+    monkeypatch.setattr(tracking, "save_figure", slow_save)
     logger = MLflowLogger(store)
     start = time.monotonic()
     for k in range(1, 4):  # three rows in quick succession, while the first drawing is held
@@ -272,19 +272,23 @@ def test_figures_are_drawn_off_the_callers_thread_latest_wins(store: str, tmp_pa
     release.set()
     logger.finish()
     # the first drawing started at once; the second was replaced by the third before it began
-    assert [r.shape[0] for _, r in drawn] == [1, 3]
-    assert all(name == "continual-figures" for name, _ in drawn)
+    assert [(file, r.shape[0]) for _, file, r in drawn] == [("m_heatmap.png", 1), ("m_curves.png", 1),
+                                                            ("m_heatmap.png", 3), ("m_curves.png", 3)]
+    assert all(name == "continual-figures" for name, _, _ in drawn)
     client = MlflowClient(store)
     assert sorted(a.path for a in client.list_artifacts(logger.run_id)) == ["m.csv", "m_curves.png", "m_heatmap.png"]
     _, labels, values = read_csv(client.download_artifacts(logger.run_id, "m.csv", str(tmp_path)))
     np.testing.assert_array_equal(values, R)  # the CSV is written at once, every time
+    with Image.open(client.download_artifacts(logger.run_id, "m_heatmap.png", str(tmp_path))) as png:
+        assert png.size[0] > 400  # a real figure came back from the drawing process
+
+
+def broken_heatmap(*args, **kwargs):
+    raise OSError("disk full")
 
 
 def test_a_figure_that_fails_fails_finish_not_silently(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(tracking, "heatmap", broken)
+    monkeypatch.setattr(tracking, "heatmap", broken_heatmap)  # raised in the drawing process
     logger = MLflowLogger(store)
     logger.log_matrix("m", R, ROWS, COLS)
     with pytest.raises(OSError, match="disk full"):
@@ -293,6 +297,7 @@ def test_a_figure_that_fails_fails_finish_not_silently(store: str, monkeypatch: 
     assert client.get_run(logger.run_id).info.status == "RUNNING"  # not FINISHED with a figure missing
     logger.finish("FAILED", error="OSError: disk full")  # what the runner does next
     assert client.get_run(logger.run_id).info.status == "FAILED"
+    assert not any(a.path.endswith(".png") for a in client.list_artifacts(logger.run_id))  # no half-updated pair
 
 
 def test_avalanche_metrics_are_sent_in_one_batch_with_ours(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
