@@ -1,16 +1,21 @@
 """The spatial-disorder diagnostics of a run: a fixed probe set, encoded after every session and
 compared with the model before training (row 0) and with the previous session's.
 
-The runner calls :meth:`ProbeDiagnostics.after_row` once per evaluated row; it returns the
-metrics (``diag/...``, logged with step = session), their cost, and logs the figures. The row-0
-and previous-row features and the per-item angles so far travel in the run's checkpoint
-(:meth:`tensors` / :meth:`restore`), so a resumed run computes what an uninterrupted one does.
+The runner calls :meth:`ProbeDiagnostics.submit` once per evaluated row: the probe is encoded
+then, and compared on a worker thread while the next session trains; :meth:`finished` hands back
+the rows compared meanwhile (metrics ``diag/...``, logged with step = session), and the figures go
+to the logger, drawn in the drawing process. The row-0 and last-row features and the per-item
+angles so far travel in the run's checkpoint (:meth:`tensors` / :meth:`restore`; a row whose
+comparison had not ended is compared again on resume), so a resumed run computes what an
+uninterrupted one does.
 The quantities and their definitions: :mod:`continual.diagnostics`.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -137,16 +142,25 @@ def plan_line(cfg: DictConfig) -> str:
 
 
 class ProbeDiagnostics:
-    """Encodes the probe after every evaluated row and compares it with row 0 and the row before."""
+    """Encodes the probe after every evaluated row, on the training thread (the next session
+    changes the model), and compares it with row 0 and the row before on a worker thread while
+    the next session trains."""
 
     def __init__(self, probe: Probe, neighbours: int = 10, batch_size: int = 256, figures: bool = True,
                  view_items: int = 6, title: str = "") -> None:
         self.probe, self.neighbours, self.batch_size = probe, neighbours, batch_size
         self.figures, self.view_items, self.title = figures, view_items, title
+        # the comparisons' state, of rows 0..done (written by the worker, read by tensors())
         self.start: Optional[D.ProbeFeatures] = None
         self.previous: Optional[D.ProbeFeatures] = None
         # per-item angles against row 0 after each session: history[modality/kind] = [tensor(n)]
         self.history: dict[str, list[torch.Tensor]] = {f"{m}/{a}": [] for m in _MODALITIES for a in _ANGLES}
+        self.done = -1
+        self._lock = threading.Lock()
+        # one thread, so rows are compared in order; one torch thread (a per-thread setting), so
+        # that it takes one core from training at most
+        self._worker = ThreadPoolExecutor(1, "continual-diagnostics", initializer=torch.set_num_threads, initargs=(1,))
+        self._pending: list[tuple[int, Future]] = []
 
     @classmethod
     def from_config(cls, cfg: DictConfig, stream: Any, control: Any, classifier: Any) -> Optional["ProbeDiagnostics"]:
@@ -163,31 +177,53 @@ class ProbeDiagnostics:
         images, texts = pair_features(model, self.probe.image_inputs, self.probe.text_inputs, self.batch_size)
         return D.ProbeFeatures(images.cpu(), texts.cpu(), self.probe.pair_image, self.probe.pair_text)
 
-    def after_row(self, i: int, model: torch.nn.Module, logger: Any) -> dict[str, Any]:
-        """Row i's diagnostics: ``{"diagnostics": {metric: value}, "diagnostics_seconds": ...,
-        "diagnostics_figures_seconds": ...}``; figures go to ``logger`` as artifacts."""
+    def submit(self, i: int, model: torch.nn.Module, logger: Any) -> float:
+        """Encode row i's probe features now and compare them on the worker; figures go to
+        ``logger``. Waits first for the row before's comparison, so that a checkpoint written
+        after this call lacks at most row i's (:meth:`tensors`). Returns the seconds the calling
+        thread spent."""
         start = time.perf_counter()
+        wait([future for _, future in self._pending])
         now = self.encode(model)
+        self._pending.append((i, self._worker.submit(self._compare, i, now, logger)))
+        return time.perf_counter() - start
+
+    def finished(self, wait_all: bool = False) -> list[tuple[int, dict[str, Any]]]:
+        """The rows compared since the last call, in order, each with ``{"diagnostics": {metric:
+        value}, "diagnostics_compute_seconds": s}``; with ``wait_all``, every row submitted.
+        Raises what a comparison raised."""
+        out = []
+        while self._pending and (wait_all or self._pending[0][1].done()):
+            i, future = self._pending.pop(0)
+            out.append((i, future.result()))
+        return out
+
+    def close(self) -> None:
+        """Let a comparison under way end; drop those not started."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+    def _compare(self, i: int, now: D.ProbeFeatures, logger: Any) -> dict[str, Any]:
+        """Row i against row 0 and the row before (on the worker thread, rows in order)."""
+        start = time.perf_counter()
         metrics = {f"diag/{k}": v for k, v in D.snapshot(now).items()}
-        if i == 0:
-            self.start = now
-        else:
+        if i > 0:
             since_start, angles = D.compare(self.start, now, self.neighbours)
             step = since_start if self.previous is self.start else D.compare(self.previous, now, self.neighbours)[0]
             metrics.update({f"diag/{k}": v for k, v in since_start.items()})
             metrics.update({f"diag/step/{k}": v for k, v in step.items()})
-            for key, values in self.history.items():
-                values.append(angles[key].float())
-        self.previous = now
-        out = {"diagnostics": metrics, "diagnostics_seconds": time.perf_counter() - start}
+        with self._lock:
+            if i == 0:
+                self.start = now
+            else:
+                for key, values in self.history.items():
+                    values.append(angles[key].float())
+            self.previous, self.done = now, i
         if self.figures and i > 0 and distributed.is_main():
-            start = time.perf_counter()
             self.log_figures(i, now, logger)
-            out["diagnostics_figures_seconds"] = time.perf_counter() - start
-        return out
+        return {"diagnostics": metrics, "diagnostics_compute_seconds": time.perf_counter() - start}
 
     def log_figures(self, i: int, now: D.ProbeFeatures, logger: Any) -> None:
-        """Hand the logger row i's two figures to draw off the training thread."""
+        """Hand the logger row i's two figures, drawn in the drawing process (plain arrays)."""
         from continual.diagnostics_figures import angle_distributions, probe_view
 
         where = f"{self.probe.name}; {self.title}" if self.title else self.probe.name
@@ -195,30 +231,45 @@ class ProbeDiagnostics:
         n_pairs = len(self.probe.pair_image)
         items = sorted(set(np.linspace(0, n_pairs - 1, min(self.view_items, n_pairs)).round().astype(int).tolist()))
         pairs = [(int(self.probe.pair_image[p]), int(self.probe.pair_text[p])) for p in items]
-        labels, start = [self.probe.labels[a] for a, _ in pairs], self.start
-        # drawn on the logger's background thread, as the matrices are: training goes on meanwhile
-        logger.draw_figure(lambda: angle_distributions(history, where), "diagnostics/rotation_angles.png")
+        labels = [self.probe.labels[a] for a, _ in pairs]
+        logger.draw_figure("diagnostics/rotation_angles.png", angle_distributions, history, where)
         # one file, redrawn for the newest session (a newer one supersedes a drawing not started):
         # a file per session drew once per session, which made a run of many short sessions slow
-        logger.draw_figure(lambda: probe_view(start, now, pairs, labels, f"before training and after session {i}: {where}"),
-                           "diagnostics/probe_view.png")
+        logger.draw_figure("diagnostics/probe_view.png", probe_view, (self.start.images.numpy(), self.start.texts.numpy()),
+                           (now.images.numpy(), now.texts.numpy()), pairs, labels,
+                           f"before training and after session {i}: {where}")
 
     # -- resume ----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        """What a resumed run needs: row 0's and the last row's features, the angles so far."""
-        out = {}
-        for name, f in (("start", self.start), ("previous", self.previous)):
-            out[f"{name}/image"], out[f"{name}/text"] = f.images, f.texts
-        for key, values in self.history.items():
-            n = len(self.start.images if key.startswith("image") else self.start.texts)
-            out[f"history/{key}"] = torch.stack(values) if values else torch.zeros(0, n)
+        """What a resumed run needs: the last row compared (``done``), row 0's and that row's
+        features, the angles so far."""
+        with self._lock:
+            out = {"done": torch.tensor(self.done)}
+            if self.done < 0:
+                return out
+            for name, f in (("start", self.start), ("previous", self.previous)):
+                out[f"{name}/image"], out[f"{name}/text"] = f.images, f.texts
+            for key, values in self.history.items():
+                n = len(self.start.images if key.startswith("image") else self.start.texts)
+                out[f"history/{key}"] = torch.stack(values) if values else torch.zeros(0, n)
         return out
 
-    def restore(self, tensors: dict[str, torch.Tensor]) -> None:
-        if "start/image" not in tensors:
+    def restore(self, tensors: dict[str, torch.Tensor], row: int) -> None:
+        """The state of the checkpoint of ``row``. Its own row may not have been compared when
+        it was written: :meth:`resume` submits it again."""
+        if "done" not in tensors and "start/image" not in tensors:
             raise UserError("the checkpoint holds no diagnostics features (written with diagnostics off?); "
                             "resume with the same config, or start afresh with --fresh")
+        self.done = int(tensors["done"]) if "done" in tensors else row  # no "done": written complete
+        if self.done < 0:
+            return
         pairs = self.probe.pair_image, self.probe.pair_text
         self.start = D.ProbeFeatures(tensors["start/image"], tensors["start/text"], *pairs)
         self.previous = D.ProbeFeatures(tensors["previous/image"], tensors["previous/text"], *pairs)
         self.history = {key: list(tensors[f"history/{key}"]) for key in self.history}
+
+    def resume(self, row: int, model: torch.nn.Module, logger: Any) -> None:
+        """After :meth:`restore`: compare ``row`` again if the checkpoint was written before its
+        comparison ended (``model`` is the checkpoint's, so its features are those of then)."""
+        if self.done < row:
+            self.submit(row, model, logger)

@@ -209,6 +209,14 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                                   stream.class_names, figures=False)
             return metrics
 
+        def take_diagnostics(wait_all: bool = False) -> None:
+            """The rows whose diagnostics were compared meanwhile: into their records, and their
+            metrics held for the logger's next send (step: their row)."""
+            for j, result in diagnostics.finished(wait_all) if diagnostics is not None else []:
+                sessions[j].update(result)
+                metrics = {**result["diagnostics"], "session/diagnostics_compute_seconds": result["diagnostics_compute_seconds"]}
+                logger.hold_metrics([(name, value, j) for name, value in metrics.items()])
+
         first = 0
         state = distributed.broadcast_object(checkpoint.load(ckpt_dir) if run_id and distributed.is_main() else None)
         if run_id and state is None:
@@ -221,7 +229,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             checkpoint.restore(classifier.model, state)
             strategy.load_resume_state(state["strategy"])
             if diagnostics is not None:
-                diagnostics.restore(state["extra"])
+                diagnostics.restore(state["extra"], k)
+                diagnostics.resume(k, classifier.model, logger)
             if distributed.is_main():  # what a crash kept from the log (the logger skips points already logged)
                 logger.hold_metrics(state.get("held_metrics", []))  # the session's training curves
                 log_row(k, sessions[k])
@@ -250,9 +259,11 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 from continual.evaluation import retrieval
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
-            if diagnostics is not None:  # spatial disorder since row 0 and since the row before
-                record.update(diagnostics.after_row(i, classifier.model, logger))
+            if diagnostics is not None:  # spatial disorder since row 0 and since the row before,
+                # compared on a worker thread while the next session trains
+                record["diagnostics_seconds"] = diagnostics.submit(i, classifier.model, logger)
             sessions.append(record)
+            take_diagnostics(wait_all=i == T)  # the last row's before the last checkpoint
             if distributed.is_main():
                 checkpoint.save(ckpt_dir, i, classifier.model, {
                     "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
@@ -261,6 +272,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                     "held_metrics": logger.held_metrics()},  # the session's training curves, sent by log_row
                     extra=diagnostics.tensors() if diagnostics is not None else None)
             echo(describe_row(i, log_row(i, record)))
+        take_diagnostics(wait_all=True)
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}
         summary["total/train_seconds"] = sum(s.get("train_seconds", 0.0) for s in sessions)
@@ -270,9 +282,13 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                          **{k: m.tolist() for k, m in matrices.items()}}, "summary.json")
         logger.finish("FINISHED")
     except BaseException as exc:
+        if diagnostics is not None:
+            diagnostics.close()  # no figure handed to the logger after it ends the run
         faults.end_run(logger, exc, ckpt_dir)  # KILLED on a signal, else FAILED; raises the one line to show
         raise
     finally:
+        if diagnostics is not None:
+            diagnostics.close()
         run_lock.release()
     first = next(iter(matrices.values()))
     return RunResult(logger.run_id, uri, first, control_rows, summary, sessions, matrices)
@@ -413,7 +429,7 @@ def session_metrics(matrices: dict[str, np.ndarray], control_rows: list[dict], t
         ret = M.retention(r1_now, r1_first)
         out["retention/absolute"], out["retention/relative"] = ret["absolute"], ret["relative"]
     out.update(record.get("diagnostics", {}))
-    for key in ("train_seconds", "eval_seconds", "diagnostics_seconds", "diagnostics_figures_seconds", "examples",
+    for key in ("train_seconds", "eval_seconds", "diagnostics_seconds", "diagnostics_compute_seconds", "examples",
                 "examples_per_s", "trainable_params"):
         if key in record:
             out[f"session/{key}"] = float(record[key])

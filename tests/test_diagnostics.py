@@ -152,6 +152,41 @@ def test_the_same_model_twice_shows_no_rotation_and_no_deviation(tux_control):
     assert abs(metrics["pairs/rigid_cos_change"]) < cos_zero(len(first.images), first.images.shape[1]) * 100
 
 
+def test_a_row_compared_after_its_checkpoint_is_compared_again_on_resume(tux_control, monkeypatch):
+    import copy
+    import threading
+
+    model, control = tux_control
+    moved = copy.deepcopy(model)  # a model "after session 1"
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(1e-2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    probe = pair_probe("control", [control])
+    whole = ProbeDiagnostics(probe, figures=False)
+    whole.submit(0, model, None)
+    whole.submit(1, moved, None)
+    expected = dict(whole.finished(wait_all=True))
+    assert expected[1]["diagnostics"]["diag/image/rotation_mean_deg"] > 0
+
+    gate, compare = threading.Event(), D.compare
+    monkeypatch.setattr(D, "compare", lambda *a, **k: (gate.wait(30), compare(*a, **k))[1])
+    crashed = ProbeDiagnostics(probe, figures=False)
+    crashed.submit(0, model, None)
+    crashed.submit(1, moved, None)
+    saved = crashed.tensors()  # the checkpoint of row 1, written while row 1 is being compared
+    assert int(saved["done"]) == 0 and torch.equal(saved["start/image"], whole.start.images)
+    gate.set()
+    crashed.close()  # the run crashed; row 1's comparison never reached the checkpoint
+
+    resumed = ProbeDiagnostics(probe, figures=False)
+    resumed.restore(saved, 1)
+    resumed.resume(1, moved, None)  # the checkpoint's model: row 1's features again
+    again = dict(resumed.finished(wait_all=True))
+    assert again[1]["diagnostics"] == expected[1]["diagnostics"]  # same kernels, same inputs: equal
+    for key, values in whole.tensors().items():
+        assert torch.equal(resumed.tensors()[key], values), key
+
+
 # -- inter-modal deviation -----------------------------------------------------------------------
 def test_rotating_only_the_images_gives_a_deviation_equal_to_that_rotation():
     alpha, n, d = 30.0, 120, 16
