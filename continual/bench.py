@@ -366,13 +366,16 @@ class RunCost:
     total: float
     train: float
     evaluation: float
+    # median over rounds of this run's total / the first session count's in the same round:
+    # runs a few seconds apart share the machine's state, so the ratio drifts less than the times
+    ratio: float = 1.0
 
 
-def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = (), rounds: int = 3) -> list[RunCost]:
+def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = (), rounds: int = 5) -> list[RunCost]:
     """``continual run`` (finetune, configs/default.yaml's experiment: the LiT base, cached
     features) with the same total data cut into ``sessions`` sessions; the session counts
-    alternate within each of ``rounds`` rounds (in a rotated order), and each count's median
-    round is kept."""
+    alternate within each of ``rounds`` rounds (in a rotated order). Per count: the median
+    round's times, and the median of its per-round ratios to the first count."""
     from continual.config import load_config
     from continual.runner import run
 
@@ -391,7 +394,13 @@ def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = (), 
                 total = time.perf_counter() - start
                 measured[t].append(RunCost(t, total, sum(s.get("train_seconds", 0.0) for s in result.sessions),
                                            sum(s["eval_seconds"] for s in result.sessions)))
-    return [sorted(runs, key=lambda c: c.total)[(len(runs) - 1) // 2] for runs in measured.values()]
+    base = measured[sessions[0]]
+    out = []
+    for t, runs in measured.items():
+        median = sorted(runs, key=lambda c: c.total)[(len(runs) - 1) // 2]
+        median.ratio = statistics.median(c.total / b.total for c, b in zip(runs, base))
+        out.append(median)
+    return out
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -449,10 +458,10 @@ def report(results: list[ModelResult], costs: list[RunCost], device: str, precis
         for c in costs:
             other = c.total - c.train - c.evaluation
             share = c.evaluation / max(c.train + c.evaluation, 1e-9)
-            goal = (f"  [goal <= {SESSIONS_GOAL}x: {_goal(c.total / first.total <= SESSIONS_GOAL)}]"
+            goal = (f"  [goal <= {SESSIONS_GOAL}x: {_goal(c.ratio <= SESSIONS_GOAL)}]"
                     if c is costs[-1] and len(costs) > 1 else "")
-            lines.append(f"  {c.sessions:>3} sessions: cost {c.total / first.total:.2f}x the {first.sessions}-session run "
-                         f"({c.total:.1f} s: train {c.train:.1f}, evaluation {c.evaluation:.1f}, the rest "
+            lines.append(f"  {c.sessions:>3} sessions: cost {c.ratio:.2f}x the {first.sessions}-session run "
+                         f"(median round {c.total:.1f} s: train {c.train:.1f}, evaluation {c.evaluation:.1f}, the rest "
                          f"{other:.1f}); evaluation is {share:.0%} of training + evaluation{goal}")
     return "\n".join(lines)
 

@@ -24,13 +24,15 @@ def test_run_cost_against_sessions(tmp_path):
     costs = run_costs([1, 2], echo=lambda _: None, overrides=small, rounds=1)  # the medians are the bench's; one round here
     assert [c.sessions for c in costs] == [1, 2]
     assert all(c.total > c.train > 0 and c.evaluation > 0 for c in costs)
+    assert costs[0].ratio == 1.0 and costs[1].ratio == costs[1].total / costs[0].total  # one round: its own ratio
     text = report([], costs, "cpu", "fp32")
     assert "2 sessions: cost" in text and "evaluation is" in text
 
 
 def test_report_of_run_costs_is_relative_to_the_fewest_sessions():
-    text = report([], [RunCost(2, 10.0, 4.0, 1.0), RunCost(5, 15.0, 4.0, 2.0)], "cpu", "fp32")
-    assert "5 sessions: cost 1.50x the 2-session run" in text
+    # the ratio printed is the median of the rounds' ratios, not the ratio of the median rounds
+    text = report([], [RunCost(2, 10.0, 4.0, 1.0), RunCost(5, 15.0, 4.0, 2.0, ratio=1.4)], "cpu", "fp32")
+    assert "5 sessions: cost 1.40x the 2-session run (median round 15.0 s" in text
     assert "evaluation is 20% of training + evaluation" in text
 
 
