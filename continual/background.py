@@ -19,14 +19,15 @@ from typing import Callable, Optional
 
 class LatestWins:
     """Jobs by key on one worker thread; a newer job replaces a key's job not started yet, and a
-    key's jobs start at least ``min_interval`` seconds after its previous one ended."""
+    key's jobs start at least ``min_interval`` seconds after its previous one ended. A key's jobs
+    never run two at once (the newer would be overwritten by the older)."""
 
     def __init__(self, name: str = "continual-background", min_interval: float = 0.0) -> None:
         self.name = name
         self.min_interval = min_interval
         self._pending: dict[str, Callable[[], None]] = {}
         self._ended: dict[str, float] = {}  # key -> when its last job ended
-        self._running = False
+        self._running: set[str] = set()
         self._hurry = 0  # flushes waiting: pending jobs start without waiting their interval
         self._error: Optional[BaseException] = None
         self._cond = threading.Condition()
@@ -43,13 +44,18 @@ class LatestWins:
             self._cond.notify_all()
 
     def flush(self) -> None:
-        """Run every pending job now and wait for it; raise the first error one of them raised."""
+        """Run every pending job now and wait for it; raise the first error one of them raised.
+        The caller, which waits anyway, runs pending jobs too, beside the worker's."""
         with self._cond:
             self._hurry += 1
             self._cond.notify_all()
             try:
                 while self._pending or self._running:
-                    self._cond.wait()
+                    key = next((k for k in self._pending if k not in self._running), None)
+                    if key is None:
+                        self._cond.wait()
+                    else:
+                        self._run(key, self._pending.pop(key))
             finally:
                 self._hurry -= 1
             error, self._error = self._error, None
@@ -61,30 +67,35 @@ class LatestWins:
         None when nothing is pending (the worker then ends)."""
         while self._pending:
             now = time.monotonic()
-            ready = {k: self._ended.get(k, -float("inf")) + self.min_interval for k in self._pending}
+            ready = {k: self._ended.get(k, -float("inf")) + self.min_interval
+                     for k in self._pending if k not in self._running}
             key = next((k for k, t in ready.items() if self._hurry or t <= now), None)
             if key is not None:
                 return key, self._pending.pop(key)
-            self._cond.wait(timeout=min(ready.values()) - now)
+            self._cond.wait(timeout=min(ready.values()) - now if ready else None)
         return None
 
-    def _work(self) -> None:
-        while True:
+    def _run(self, key: str, job: Callable[[], None]) -> None:
+        """Under the lock: run ``job`` without it, and record its end (or its error, for flush)."""
+        self._running.add(key)
+        self._cond.release()
+        try:
+            job()
+        except BaseException as exc:  # kept for flush(), which the caller checks
             with self._cond:
+                self._error = self._error or exc
+        finally:
+            self._cond.acquire()
+            self._running.discard(key)
+            self._ended[key] = time.monotonic()
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        with self._cond:
+            while True:
                 picked = self._next()
                 if picked is None:  # idle: this thread ends; the next submit starts another
                     self._thread = None
                     self._cond.notify_all()
                     return
-                key, job = picked
-                self._running = True
-            try:
-                job()
-            except BaseException as exc:  # kept for flush(), which the caller checks
-                with self._cond:
-                    self._error = self._error or exc
-            finally:
-                with self._cond:
-                    self._running = False
-                    self._ended[key] = time.monotonic()
-                    self._cond.notify_all()
+                self._run(*picked)

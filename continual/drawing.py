@@ -3,12 +3,14 @@
 Drawing a matplotlib figure is Python code. On a thread of the training process it holds the
 interpreter, and training, which gives the interpreter up at every torch call and must take it
 back after, waits each time: a loop of small torch operations ran 5x slower while a thread drew
-figures (2-core build machine). So one child process per training process draws instead: started
-on the first figure and reused by every figure after, it imports only what the drawing functions
-need (numpy, matplotlib, our figure modules). A drawing function and its arguments travel to it
+figures (2-core build machine). So child processes draw instead: two per training process (the
+background thread draws in one while training goes on; at the end of a run, the thread waiting
+for the last figures draws in the other beside it), started on the first figure and reused by
+every figure after; they import only what the drawing functions need (numpy, matplotlib, our
+figure modules). A drawing function and its arguments travel to it
 by pickle: a module-level function and plain data (numpy arrays, numbers, strings).
 
-The child is a fresh interpreter (``python -m continual.drawing``), not a multiprocessing spawn,
+A child is a fresh interpreter (``python -m continual.drawing``), not a multiprocessing spawn,
 which would first re-run the parent's main script: a researcher's script that calls
 ``continual.runner.run`` at top level would start its own run again. It talks over a socket pair;
 it ignores Ctrl-C and SIGTERM (the parent decides when a run ends, and waits for the figure being
@@ -65,41 +67,64 @@ class _Child:
             self.process.wait()
 
 
-_lock = threading.Lock()  # one figure at a time: the child draws them in turn
-_child: Optional[_Child] = None
+# Two children: the background thread draws in one while training goes on; when the run ends,
+# the thread that waits for the last figures draws in the other beside it (LatestWins.flush).
+CHILDREN = 2
+_pool = threading.Condition()
+_idle: list[_Child] = []
+_started = 0
+
+
+def _take() -> _Child:
+    """An idle child; the first call starts them all, so that a second is warm when needed."""
+    global _started
+    with _pool:
+        while not _idle and _started >= CHILDREN:
+            _pool.wait()
+        if not _idle:
+            _idle.extend(_Child() for _ in range(CHILDREN - _started))
+            _started = CHILDREN
+        return _idle.pop()
+
+
+def _give_back(child: _Child, alive: bool) -> None:
+    global _started
+    with _pool:
+        if alive:
+            _idle.append(child)
+        else:
+            _started -= 1
+        _pool.notify()
 
 
 def save_figure(path: str | Path, draw: Callable[..., Any], *args: Any, dpi: int = 120, **kwargs: Any) -> None:
-    """``draw(*args, **kwargs).savefig(path)`` (PNG) in the drawing process; returns once the
-    file is written, and raises what drawing raised. Blocks the calling thread (without holding
-    the interpreter): call it from a background thread (:class:`continual.background.LatestWins`).
+    """``draw(*args, **kwargs).savefig(path)`` (PNG) in a drawing process; returns once the file
+    is written, and raises what drawing raised. Blocks the calling thread (without holding the
+    interpreter): call it from a background thread (:class:`continual.background.LatestWins`).
     A drawing process that died (killed, out of memory) is replaced, once per figure."""
-    global _child
     job = pickle.dumps((str(path), dpi, draw, args, kwargs))  # what cannot travel fails here, in the caller
-    with _lock:
-        for attempt in (1, 2):
-            if _child is None:
-                _child = _Child()
-            try:
-                reply = _child.draw(job)
-                break
-            except (EOFError, OSError) as exc:  # the child is gone
-                _child.close()
-                _child = None
-                if attempt == 2:
-                    raise DrawingError(f"the drawing process died drawing {Path(path).name}") from exc
-    if reply is not None:
-        error, where = reply
-        raise error from _ChildTraceback(where)
+    for attempt in (1, 2):
+        child = _take()
+        try:
+            reply = child.draw(job)
+        except (EOFError, OSError) as exc:  # the child is gone
+            child.close()
+            _give_back(child, alive=False)
+            if attempt == 2:
+                raise DrawingError(f"the drawing process died drawing {Path(path).name}") from exc
+            continue
+        _give_back(child, alive=True)
+        if reply is not None:
+            error, where = reply
+            raise error from _ChildTraceback(where)
+        return
 
 
 @atexit.register
 def _stop() -> None:
-    global _child
-    with _lock:
-        if _child is not None:
-            _child.close()
-            _child = None
+    with _pool:
+        while _idle:
+            _idle.pop().close()
 
 
 # -- the child ---------------------------------------------------------------------------------
@@ -107,6 +132,7 @@ def _serve(fd: int) -> None:
     """Draw and save each figure received on ``fd``; reply None, or (error, traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import matplotlib.backends.backend_agg  # noqa: F401  (warm before the first figure)
     connection = Connection(fd)
     while True:
         try:
