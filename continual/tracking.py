@@ -74,10 +74,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# A matrix's figures are redrawn at most this often (seconds; the latest always at finish): a
-# heatmap and its curves take ~0.5 s of a core on the 2-core build machine, which a run of many
-# short sessions would otherwise spend after each of them (see continual.background).
-FIGURE_INTERVAL = 5.0
+# A figure is redrawn at most this often (seconds; the latest always at finish). Drawing takes a
+# core for ~0.3-0.7 s a figure on the 2-core build machine; every 5 s it slowed a run of many
+# short sessions (10 sessions of the default experiment: 1.22x a 2-session run against 1.12x
+# with no drawing but the last). A person reloading a run's page in MLflow sees no difference.
+FIGURE_INTERVAL = 30.0
 
 
 def _figure_worker() -> LatestWins:
@@ -384,8 +385,9 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
           sessions not trained on yet hatched, the `chance` level noted) and ``<name>_curves.png``
           (one line per column, a session's test data, against the rows, training progress).
           Drawn in the drawing process (:mod:`continual.drawing`) and uploaded by a background
-          thread, so that training goes on meanwhile, at most every ``FIGURE_INTERVAL`` seconds: a newer matrix of the same `name` supersedes
-          one not drawn yet; :meth:`finish` (or :meth:`flush`) draws the latest and waits for it.
+          thread, so that training goes on meanwhile, at most every ``FIGURE_INTERVAL`` seconds:
+          a newer matrix of the same `name` supersedes one not drawn yet; :meth:`finish` (or
+          :meth:`flush`) draws the latest and waits for it.
         Row i is e.g. "before training" / "after session i", column j "session j".
         Calling it again with the same `name` replaces the files. `name` may contain
         '/' to put them in a sub-directory.
