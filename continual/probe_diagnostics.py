@@ -270,6 +270,9 @@ class ProbeDiagnostics:
 
     def resume(self, row: int, model: torch.nn.Module, logger: Any) -> None:
         """After :meth:`restore`: compare ``row`` again if the checkpoint was written before its
-        comparison ended (``model`` is the checkpoint's, so its features are those of then)."""
+        comparison ended (``model`` is the checkpoint's, so its features are those of then). The
+        encoding draws nothing from torch's generator: the checkpoint's state already follows the
+        draws the first encoding made (a probe read by a DataLoader draws its base seed)."""
         if self.done < row:
-            self.submit(row, model, logger)
+            with torch.random.fork_rng():
+                self.submit(row, model, logger)

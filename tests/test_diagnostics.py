@@ -152,6 +152,17 @@ def test_the_same_model_twice_shows_no_rotation_and_no_deviation(tux_control):
     assert abs(metrics["pairs/rigid_cos_change"]) < cos_zero(len(first.images), first.images.shape[1]) * 100
 
 
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
 def test_a_row_compared_after_its_checkpoint_is_compared_again_on_resume(tux_control, monkeypatch):
     import copy
     import threading
@@ -161,7 +172,11 @@ def test_a_row_compared_after_its_checkpoint_is_compared_again_on_resume(tux_con
     with torch.no_grad():
         for p in moved.parameters():
             p.add_(1e-2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    probe = pair_probe("control", [control])
+    tensors = pair_probe("control", [control])
+    # images read through a DataLoader, as a probe of a stream's test images is: each read draws
+    # its base seed from torch's generator
+    probe = Probe(tensors.name, Rows(tensors.image_inputs), tensors.text_inputs, tensors.pair_image,
+                  tensors.pair_text, tensors.labels)
     whole = ProbeDiagnostics(probe, figures=False)
     whole.submit(0, model, None)
     whole.submit(1, moved, None)
@@ -180,7 +195,9 @@ def test_a_row_compared_after_its_checkpoint_is_compared_again_on_resume(tux_con
 
     resumed = ProbeDiagnostics(probe, figures=False)
     resumed.restore(saved, 1)
+    generator = torch.get_rng_state()  # as the checkpoint restored it
     resumed.resume(1, moved, None)  # the checkpoint's model: row 1's features again
+    assert torch.equal(torch.get_rng_state(), generator)  # training goes on with the same draws
     again = dict(resumed.finished(wait_all=True))
     assert again[1]["diagnostics"] == expected[1]["diagnostics"]  # same kernels, same inputs: equal
     for key, values in whole.tensors().items():
