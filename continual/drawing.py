@@ -7,8 +7,8 @@ figures (2-core build machine). So child processes draw instead: two per trainin
 background thread draws in one while training goes on; at the end of a run, the thread waiting
 for the last figures draws in the other beside it), started on the first figure and reused by
 every figure after; they import only what the drawing functions need (numpy, matplotlib, our
-figure modules). A drawing function and its arguments travel to it
-by pickle: a module-level function and plain data (numpy arrays, numbers, strings).
+figure modules). A drawing function and its arguments travel to them by pickle: a module-level
+function and plain data (numpy arrays, numbers, strings).
 
 A child is a fresh interpreter (``python -m continual.drawing``), not a multiprocessing spawn,
 which would first re-run the parent's main script: a researcher's script that calls

@@ -235,8 +235,8 @@ class ProbeDiagnostics:
         logger.draw_figure("diagnostics/rotation_angles.png", angle_distributions, history, where)
         # one file, redrawn for the newest session (a newer one supersedes a drawing not started):
         # a file per session drew once per session, which made a run of many short sessions slow
-        logger.draw_figure("diagnostics/probe_view.png", probe_view, (self.start.images.numpy(), self.start.texts.numpy()),
-                           (now.images.numpy(), now.texts.numpy()), pairs, labels,
+        before, after = (self.start.images.numpy(), self.start.texts.numpy()), (now.images.numpy(), now.texts.numpy())
+        logger.draw_figure("diagnostics/probe_view.png", probe_view, before, after, pairs, labels,
                            f"before training and after session {i}: {where}")
 
     # -- resume ----------------------------------------------------------------------------------

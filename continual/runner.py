@@ -214,7 +214,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
             metrics held for the logger's next send (step: their row)."""
             for j, result in diagnostics.finished(wait_all) if diagnostics is not None else []:
                 sessions[j].update(result)
-                metrics = {**result["diagnostics"], "session/diagnostics_compute_seconds": result["diagnostics_compute_seconds"]}
+                metrics = {**result["diagnostics"],
+                           "session/diagnostics_compute_seconds": result["diagnostics_compute_seconds"]}
                 logger.hold_metrics([(name, value, j) for name, value in metrics.items()])
 
         first = 0
