@@ -12,7 +12,8 @@ function and plain data (numpy arrays, numbers, strings).
 
 A child is a fresh interpreter (``python -m continual.drawing``), not a multiprocessing spawn,
 which would first re-run the parent's main script: a researcher's script that calls
-``continual.runner.run`` at top level would start its own run again. It talks over a socket pair;
+``continual.runner.run`` at top level would start its own run again. It runs at a lower priority
+(nice 10: where training needs every core, training goes first); it talks over a socket pair;
 it ignores Ctrl-C and SIGTERM (the parent decides when a run ends, and waits for the figure being
 drawn), and it exits when the parent is gone, however the parent ended: its end of the socket
 then reads end-of-file.
@@ -132,6 +133,7 @@ def _serve(fd: int) -> None:
     """Draw and save each figure received on ``fd``; reply None, or (error, traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(10)  # where training needs every core, it goes first
     import matplotlib.backends.backend_agg  # noqa: F401  (warm before the first figure)
     connection = Connection(fd)
     while True:
