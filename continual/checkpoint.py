@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from continual.atomic import atomic_write
+from continual.system.atomic import atomic_write
 from continual.errors import UserError
 
 STATE_FILE = "state.json"

@@ -38,8 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (continual.signals)
-        from continual.signals import exit_status
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (continual.system.signals)
+        from continual.system.signals import exit_status
 
         print(str(exc) or "interrupted", file=sys.stderr)
         return exit_status(exc)
@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(runner.plan(cfg)))
         print("config valid; nothing trained (--dry-run)")
         return 0
-    from continual import distributed
+    from continual.system import distributed
 
     result = runner.run(cfg, progress=not args.no_progress, resume=args.resume, fresh=args.fresh)
     if distributed.is_main():  # under torchrun: one report, from rank 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from continual import distributed
+from continual.system import distributed
 from continual.heads import ClipClassifier, restrict
 from continual.metrics import retrieval_metrics
 from continual.stream import ControlSet

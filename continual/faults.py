@@ -1,7 +1,7 @@
 """How a run that does not finish ends: the status of its MLflow run, and the one line its user
 reads instead of a traceback.
 
-- Ctrl-C or SIGTERM (:mod:`continual.signals`): the run is marked KILLED; :class:`Interrupted`
+- Ctrl-C or SIGTERM (:mod:`continual.system.signals`): the run is marked KILLED; :class:`Interrupted`
   (a ``KeyboardInterrupt``) says which sessions are checkpointed and that the same command
   resumes the run.
 - The tracking server stopped answering (MLflow's bounded retries, see
@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from continual import checkpoint
 from continual.errors import UserError
-from continual.signals import signal_name
+from continual.system.signals import signal_name
 from continual.store import TrackingError
 
 # How a write that the disk refused reads, from Python (errno), sqlite and safetensors (text).

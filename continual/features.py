@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from continual.atomic import atomic_write
+from continual.system.atomic import atomic_write
 from continual.extract import BATCH_SIZE, TEXT_BATCH_SIZE, image_features, pad_token, text_features
 
 

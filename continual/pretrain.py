@@ -34,7 +34,7 @@ from typing import Any, Callable, List, Optional
 import torch
 from omegaconf import OmegaConf
 
-from continual.atomic import atomic_write
+from continual.system.atomic import atomic_write
 from continual.errors import ConfigError
 from continual.extract import torch_threads
 from continual.features import cache_dir

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from continual import diagnostics as D
-from continual import distributed
+from continual.system import distributed
 from continual.errors import UserError
 
 # The diagnostics `continual run` prints in its final summary (all of them go to MLflow).

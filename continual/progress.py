@@ -9,7 +9,7 @@ from typing import Any, Optional
 from avalanche.core import SupervisedPlugin
 from tqdm import tqdm
 
-from continual import distributed
+from continual.system import distributed
 
 
 class ProgressBar(SupervisedPlugin, supports_distributed=True):

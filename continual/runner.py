@@ -8,7 +8,7 @@ evaluates the control data (never trained on), computes every summary metric of 
 far, checkpoints the trained parameters and the runner's state, and logs all of it to MLflow
 with step = i.
 
-Under torchrun (see :mod:`continual.distributed`) every process runs this same function on its
+Under torchrun (see :mod:`continual.system.distributed`) every process runs this same function on its
 shard of the data; only rank 0 prints, logs to MLflow and writes checkpoints.
 """
 
@@ -27,16 +27,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, distributed, faults, fidelity, run_info
+from continual import checkpoint, faults, fidelity, run_info
+from continual.system import distributed
 from continual import metrics as M
 from continual.config import to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError
-from continual.locks import RunLock
+from continual.system.locks import RunLock
 from continual.preflight import preflight, task_loss, tracking_uri
 from continual.probe_diagnostics import ProbeDiagnostics, plan_line
 from continual.registry import CONTROLS
-from continual.signals import sigterm_as_interrupt
+from continual.system.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
 

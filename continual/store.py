@@ -183,7 +183,7 @@ def ensure_store(uri: str) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from continual.locks import FileLock
+    from continual.system.locks import FileLock
 
     try:
         with FileLock(db.parent / f"{db.name}.lock"):

@@ -36,7 +36,7 @@ from continual import groups as G
 from continual.config import load_config, to_dict
 from continual.errors import ConfigError, UserError
 from continual.params import as_params
-from continual.signals import sigterm_as_interrupt
+from continual.system.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -283,7 +283,7 @@ def _state(client: Any, experiment_id: str, child: Child, group_id: str, output_
     holds one of its runs). A run of it that died before its first checkpoint can never be
     resumed: it is deleted, so that every child ends with one run."""
     from continual.checkpoint import STATE_FILE
-    from continual.locks import FileLock
+    from continual.system.locks import FileLock
     from continual.runner import config_fingerprint
 
     runs = client.search_runs([experiment_id], filter_string=(

@@ -39,7 +39,7 @@ from continual.background import LatestWins
 from continual.drawing import save_figure
 from continual.figures import curves, heatmap
 from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
-from continual.signals import uninterrupted
+from continual.system.signals import uninterrupted
 from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
                              source_tags, sqlite_path)
 

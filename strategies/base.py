@@ -20,10 +20,10 @@ schedule and optional linear warm-up, restarting each session; a session lasts t
 passes or exactly train.iterations iterations.
 
 At scale (``train.precision``, ``accumulation_steps``, ``grad_checkpointing``, ``workers``, and
-data parallelism under torchrun, see :mod:`continual.distributed`): ``train.batch_size`` is the
+data parallelism under torchrun, see :mod:`continual.system.distributed`): ``train.batch_size`` is the
 batch of one optimizer step over all processes and micro-batches; the model runs in
 DistributedDataParallel; methods gather batch-direction features with
-``continual.distributed.gather``.
+``continual.system.distributed.gather``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
-from continual import distributed
+from continual.system import distributed
 from continual.backbone import enable_grad_checkpointing
 from continual.context import StrategyContext
 from continual.errors import UserError
@@ -254,7 +254,7 @@ class ClipStrategy(SupervisedTemplate):
 
     def call_model(self, method: str, *args: Any) -> Any:
         """``self.model.<method>(*args)``; while training under DDP, through DDP's forward, which
-        readies the gradient all-reduce of the step (see ``continual.distributed._MethodCall``)."""
+        readies the gradient all-reduce of the step (see ``continual.system.distributed._MethodCall``)."""
         if self.ddp is not None and self.model.training and torch.is_grad_enabled():
             return self.ddp(method, *args)
         return getattr(self.model, method)(*args)

@@ -20,7 +20,7 @@ W[c] is class c's normalised template-mean text feature (``continual.heads``).
 - ``symmetric``: also distil the class-to-image direction over the batch, KD(Z_t^T, Z_s^T; T)
   (ZSCL's LwF code does; off by default). Under data parallelism that direction is over the
   global batch: both logit matrices are gathered from every process (the student's with
-  gradient, see ``continual.distributed``).
+  gradient, see ``continual.system.distributed``).
 
 Avalanche's own ``LwFPlugin`` is not reused: it distils the KL divergence without the T^2
 factor, only over the previously seen classes, and re-runs the whole classifier as teacher;
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from continual import distributed
+from continual.system import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import logit_scale

@@ -27,7 +27,7 @@ When the logit scale trains it is clamped to [0, ln 100] after every step.
 
 Under data parallelism the matrices are global: the plugin gathers both models' image features
 from all ranks (the student's with gradient, the teacher's without) and the labels, then calls
-these functions unchanged (see ``continual.distributed``).
+these functions unchanged (see ``continual.system.distributed``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from continual import distributed
+from continual.system import distributed
 from continual.config import check_choice
 from continual.errors import ConfigError
 from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale

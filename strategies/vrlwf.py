@@ -31,7 +31,7 @@ param_k.data), so teacher and student are one model, the distillation gradient t
 zero and its weight never mattered: no published result comes from an effective lambda of 5.
 The vocabulary is the same on every rank (same seed), so under data parallelism the plugin
 gathers only the image features (the student's with gradient, the teacher's without) before
-calling :func:`vr_loss` (see ``continual.distributed``).
+calling :func:`vr_loss` (see ``continual.system.distributed``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from continual import distributed
+from continual.system import distributed
 from continual.backbone import HFTextTrunk
 from continual.context import StrategyContext
 from continual.config import check_choice

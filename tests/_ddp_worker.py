@@ -59,7 +59,7 @@ def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
     from omegaconf import OmegaConf
 
     import strategies  # noqa: F401  (registers the strategies)
-    from continual import distributed
+    from continual.system import distributed
     from continual.backbone import create_model, set_trainable
     from continual.config import TrainConfig
     from continual.context import StrategyContext
@@ -104,7 +104,7 @@ def run_cases(names: tuple[str, ...]) -> dict:
 
 
 def main(out: str) -> None:
-    from continual import distributed
+    from continual.system import distributed
 
     torch.set_num_threads(1)
     distributed.init("cpu")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from continual import distributed
+from continual.system import distributed
 from continual.errors import ConfigError
 from numerics import kl_rounding, sum_rounding
 

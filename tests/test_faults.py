@@ -193,7 +193,7 @@ def test_a_dead_tracking_server_fails_the_run_in_one_line_and_a_resume_completes
 def test_sigterm_handler_is_installed_for_the_call_only_and_waits_for_mlflow_writes():
     import threading
 
-    from continual.signals import Terminated, sigterm_as_interrupt, uninterrupted
+    from continual.system.signals import Terminated, sigterm_as_interrupt, uninterrupted
 
     before = signal.getsignal(signal.SIGTERM)
     done = []

@@ -1,0 +1,1 @@
+"""System plumbing: torchrun process groups, signals, file locks, atomic writes."""
