@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def final_report(result, cfg) -> str:
-    from continual.metrics import format_summary
+    from continual.measure.metrics import format_summary
 
     titles = {"accuracy": "Accuracy", "i2t_r1": "Image-to-text R@1", "t2i_r1": "Text-to-image R@1"}
     lines = []
@@ -278,7 +278,7 @@ def experiments(uri: str) -> list[tuple[str, str]]:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     import numpy as np
-    from continual import metrics as M
+    from continual.measure import metrics as M
 
     try:
         R = M.load_matrix_csv(args.matrix)

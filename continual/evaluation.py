@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from continual.system import distributed
 from continual.heads import ClipClassifier, restrict
-from continual.metrics import retrieval_metrics
+from continual.measure.metrics import retrieval_metrics
 from continual.stream import ControlSet
 
 

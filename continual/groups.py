@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from continual import stats
+from continual.measure import stats
 from continual.errors import UserError
 
 ROLE_TAG = "continual.role"  # "sweep" (a sweep's parent run) | "group" (one group's aggregate run)

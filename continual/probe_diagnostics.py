@@ -8,7 +8,7 @@ to the logger, drawn in the drawing process. The row-0 and last-row features and
 angles so far travel in the run's checkpoint (:meth:`tensors` / :meth:`restore`; a row whose
 comparison had not ended is compared again on resume), so a resumed run computes what an
 uninterrupted one does.
-The quantities and their definitions: :mod:`continual.diagnostics`.
+The quantities and their definitions: :mod:`continual.measure.disorder`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from continual import diagnostics as D
+from continual.measure import disorder as D
 from continual.system import distributed
 from continual.errors import UserError
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from continual import stats
+from continual.measure import stats
 from continual.errors import UserError
 from continual.groups import Group, find_group
 
@@ -57,7 +57,7 @@ IMAGE_TEXT = [
     Column("retention/relative", "control retention", "x", True),
 ]
 
-# The spatial-disorder diagnostics (continual.diagnostics): how the representation changed, which
+# The spatial-disorder diagnostics (continual.measure.disorder): how the representation changed, which
 # no column ranks (less rotation is the Mod-X paper's hypothesis of less forgetting, not a score).
 DIAGNOSTICS = [
     Column("diag/image/rotation_mean_deg", "image rotation since start", "deg", None),

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from continual import checkpoint, faults, fidelity, run_info
 from continual.system import distributed
-from continual import metrics as M
+from continual.measure import metrics as M
 from continual.config import to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError

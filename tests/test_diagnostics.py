@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from continual import diagnostics as D
+from continual.measure import disorder as D
 from numerics import sum_rounding
 from continual.probe_diagnostics import Probe, ProbeDiagnostics, pair_probe, subsample
 

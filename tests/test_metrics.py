@@ -1,4 +1,4 @@
-"""Tests for continual.metrics against hand-computed values."""
+"""Tests for continual.measure.metrics against hand-computed values."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from numerics import sum_rounding
-from continual.metrics import (
+from continual.measure.metrics import (
     accuracy_on_seen,
     format_summary,
     load_matrix_csv,

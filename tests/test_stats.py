@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from continual import stats
+from continual.measure import stats
 from continual.groups import RunRecord, group
 from continual.report import CLASS_INCREMENTAL, Table
 
