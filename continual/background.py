@@ -4,7 +4,7 @@ A run redraws its matrix figures after every session, for whoever watches it in 
 newest drawing matters. :class:`LatestWins` runs jobs by key on one worker thread: a job
 submitted under a key whose earlier job has not started yet replaces it, and a key's jobs start
 at least ``min_interval`` seconds apart, so that a run of many short sessions draws a few times,
-not once per session (the drawing itself happens in another process, :mod:`continual.drawing`,
+not once per session (the drawing itself happens in another process, :mod:`continual.figures.drawing`,
 which still takes a core). :meth:`flush` runs what is pending at once and waits for it,
 re-raising the first error a job raised. The worker is not a daemon, so an interpreter that
 exits without a flush still finishes the jobs it holds.

@@ -224,7 +224,7 @@ class ProbeDiagnostics:
 
     def log_figures(self, i: int, now: D.ProbeFeatures, logger: Any) -> None:
         """Hand the logger row i's two figures, drawn in the drawing process (plain arrays)."""
-        from continual.diagnostics_figures import angle_distributions, probe_view
+        from continual.figures.disorder import angle_distributions, probe_view
 
         where = f"{self.probe.name}; {self.title}" if self.title else self.probe.name
         history = {k: torch.stack(v).numpy() for k, v in self.history.items()}  # a copy: the next rows append

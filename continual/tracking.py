@@ -4,7 +4,7 @@ from Avalanche.
 Everything goes through an explicit ``mlflow.MlflowClient(tracking_uri)``; nothing here reads
 or mutates MLflow's process-global state (``mlflow.set_tracking_uri``, the active run), so two
 loggers writing to two different stores can coexist in one process. Where runs live and how a
-store is checked: :mod:`continual.store`; the figures: :mod:`continual.figures`; MLflow's UI and
+store is checked: :mod:`continual.store`; the figures: :mod:`continual.figures.matrices`; MLflow's UI and
 server processes: :mod:`continual.server`.
 
 This module imports avalanche (6-8 s) at import time, because :class:`MLflowLogger` must
@@ -36,8 +36,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.background import LatestWins
-from continual.drawing import save_figure
-from continual.figures import curves, heatmap
+from continual.figures.drawing import save_figure
+from continual.figures.matrices import curves, heatmap
 from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
 from continual.system.signals import uninterrupted
 from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
@@ -348,7 +348,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
 
     def draw_figure(self, artifact_file: str, draw: Callable[..., Figure], *args: Any, **kwargs: Any) -> None:
         """Log ``draw(*args, **kwargs)`` as the PNG artifact `artifact_file`, drawn in the drawing
-        process (:mod:`continual.drawing`: `draw` a module-level function, the arguments plain
+        process (:mod:`continual.figures.drawing`: `draw` a module-level function, the arguments plain
         data) and uploaded by the background thread that handles the matrices' figures (same
         rules: a newer figure for the same file supersedes one not drawn yet; :meth:`flush` and
         :meth:`finish` wait for it)."""
@@ -384,7 +384,7 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         - with `figures`: ``<name>_heatmap.png`` (every cell's value on a fixed 0-100 scale,
           sessions not trained on yet hatched, the `chance` level noted) and ``<name>_curves.png``
           (one line per column, a session's test data, against the rows, training progress).
-          Drawn in the drawing process (:mod:`continual.drawing`) and uploaded by a background
+          Drawn in the drawing process (:mod:`continual.figures.drawing`) and uploaded by a background
           thread, so that training goes on meanwhile, at most every ``FIGURE_INTERVAL`` seconds:
           a newer matrix of the same `name` supersedes one not drawn yet; :meth:`finish` (or
           :meth:`flush`) draws the latest and waits for it.

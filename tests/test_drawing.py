@@ -1,4 +1,4 @@
-"""continual.drawing: figures drawn in a child process that leaves signals to its parent, is
+"""continual.figures.drawing: figures drawn in a child process that leaves signals to its parent, is
 replaced when it dies, and does not outlive its parent."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from continual.drawing import save_figure
+from continual.figures.drawing import save_figure
 
 HERE = Path(__file__).parent
 
@@ -68,7 +68,7 @@ def test_the_drawing_process_leaves_sigterm_to_its_parent_and_a_killed_one_is_re
 
 def test_the_drawing_process_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
     script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from test_drawing import figure_noting_pid; "
-              "from continual.drawing import save_figure; "
+              "from continual.figures.drawing import save_figure; "
               "save_figure(sys.argv[2] + '/x.png', figure_noting_pid, sys.argv[2] + '/x.pid'); "
               "print('drawn', flush=True); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", script, str(HERE), str(tmp_path)], stdout=subprocess.PIPE, text=True)

@@ -433,7 +433,7 @@ def test_heatmap_with_long_session_names_keeps_its_matrix(tmp_path):
     slanted labels this long squeezed the matrix until matplotlib gave up its layout."""
     import warnings
 
-    from continual.figures import heatmap, tick_labels
+    from continual.figures.matrices import heatmap, tick_labels
 
     cols = ["Activities, household, Travel & Places, clothes, town",
             "People & Body, Symbols, animals, Animals & Nature, seasonal",

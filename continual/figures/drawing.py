@@ -10,7 +10,7 @@ every figure after; they import only what the drawing functions need (numpy, mat
 figure modules). A drawing function and its arguments travel to them by pickle: a module-level
 function and plain data (numpy arrays, numbers, strings).
 
-A child is a fresh interpreter (``python -m continual.drawing``), not a multiprocessing spawn,
+A child is a fresh interpreter (``python -m continual.figures.drawing``), not a multiprocessing spawn,
 which would first re-run the parent's main script: a researcher's script that calls
 ``continual.runner.run`` at top level would start its own run again. It runs at a lower priority
 (nice 10: where training needs every core, training goes first); it talks over a socket pair;
@@ -50,7 +50,7 @@ class _Child:
         ours, theirs = socket.socketpair()
         # the child imports what the parent can (a test module's drawing function included)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-m", "continual.drawing", str(theirs.fileno())],
+        self.process = subprocess.Popen([sys.executable, "-m", "continual.figures.drawing", str(theirs.fileno())],
                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.connection = Connection(ours.detach())

@@ -1,0 +1,1 @@
+"""Figures: numpy and matplotlib only, drawn in the drawing process (continual.figures.drawing)."""
