@@ -380,7 +380,7 @@ def _log_answer(client: Any, parent: Any, found: list[G.Group], group_runs: dict
     matrices; the parent: the table and the figures."""
     from mlflow.entities import Metric
 
-    from continual.figures.matrices import matrices as figures
+    from continual.figures import matrices as figures
 
     aggregates, matrices = {}, {}
     for g in found:
