@@ -1,2 +1,2 @@
 """The shipped experiment configs (YAML), installed with the package so that ``continual run NAME``
-finds them wherever it runs (see :mod:`continual.shipped`)."""
+finds them wherever it runs (see :mod:`continual.config.shipped`)."""

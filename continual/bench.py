@@ -171,7 +171,7 @@ def build_workload(plan: Plan, device: torch.device, precision: str) -> Workload
 def train_config(plan: Plan, precision: str) -> Any:
     from omegaconf import OmegaConf
 
-    from continual.config import TrainConfig
+    from continual.config.schema import TrainConfig
 
     return OmegaConf.structured(TrainConfig(epochs=1, batch_size=plan.batch_size, lr=1e-5, optimizer="adamw",
                                             scheduler="constant", precision=precision))
@@ -376,7 +376,7 @@ def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = (), 
     features) with the same total data cut into ``sessions`` sessions; the session counts
     alternate within each of ``rounds`` rounds (in a rotated order). Per count: the median
     round's times, and the median of its per-round ratios to the first count."""
-    from continual.config import load_config
+    from continual.config.load import load_config
     from continual.runner import run
 
     measured: dict[int, list[RunCost]] = {t: [] for t in sessions}

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from continual.errors import UserError, first_line
 
-DEFAULT_CONFIG = "default"  # the shipped configs/default.yaml (continual.shipped)
+DEFAULT_CONFIG = "default"  # the shipped configs/default.yaml (continual.config.shipped)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -161,7 +161,7 @@ def config_and_overrides(config: Optional[str], overrides: Sequence[str]) -> tup
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from continual.config import load_config
+    from continual.config.load import load_config
 
     cfg = load_config(*config_and_overrides(args.config, args.overrides))
     from continual import runner
@@ -316,7 +316,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from continual import shipped
+    from continual.config import shipped
     from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
     for title, registry in (("strategies", STRATEGIES), ("streams", STREAMS), ("control sets", CONTROLS)):

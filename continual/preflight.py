@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
-from continual.config import strategy_params
+from continual.config.load import strategy_params
 from continual.errors import ConfigError, UserError
 from continual.registry import STRATEGIES, STREAMS
 

@@ -91,8 +91,8 @@ BASES = {
 
 
 def load_pretrain_config(path: Optional[str], overrides: List[str] = ()) -> PretrainConfig:
-    from continual import shipped
-    from continual.config import _explain
+    from continual.config import shipped
+    from continual.config.load import _explain
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -136,14 +136,16 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     """Train a base by ``cfg``, save it to :func:`base_path` and return its report."""
     import open_clip
     from continual.backbone import load_backbone
-    from continual.config import ControlConfig, StreamConfig
+    from continual.config.schema import ControlConfig, StreamConfig
     from continual.evaluation import accuracy, retrieval
     from continual.features import image_inputs, text_inputs
     from continual.heads import ClipClassifier, prompts
     from continual.registry import CONTROLS, STREAMS
     from strategies.base import fused_available
 
-    from continual.config import SAMPLINGS, check_choice
+    from continual.config.schema import SAMPLINGS
+
+    from continual.config.load import check_choice
     from continual.schedule import lr_factor
 
     check_choice("sampling", cfg.sampling, SAMPLINGS)

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, faults, fidelity, run_info
+from continual import checkpoint, faults, run_info
+from continual.config import fidelity
 from continual.system import distributed
 from continual.measure import metrics as M
-from continual.config import to_dict, to_yaml
+from continual.config.load import to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError
 from continual.system.locks import RunLock

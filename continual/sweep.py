@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from omegaconf import DictConfig
 
 from continual import groups as G
-from continual.config import load_config, to_dict
+from continual.config.load import load_config, to_dict
 from continual.errors import ConfigError, UserError
 from continual.params import as_params
 from continual.system.signals import sigterm_as_interrupt

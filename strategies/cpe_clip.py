@@ -71,7 +71,7 @@ from avalanche.core import SupervisedPlugin
 from open_clip.transformer import TextTransformer, Transformer, VisionTransformer
 from torch import nn
 
-from continual.config import check_choice
+from continual.config.load import check_choice
 from continual.errors import ConfigError, UserError
 from continual.heads import ClipClassifier
 from strategies.base import ClipStrategy

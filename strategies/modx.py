@@ -41,7 +41,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from continual.system import distributed
-from continual.config import check_choice
+from continual.config.load import check_choice
 from continual.errors import ConfigError
 from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
 from strategies.base import ClipStrategy, record_term

@@ -49,7 +49,7 @@ from torch import nn
 from continual.system import distributed
 from continual.backbone import HFTextTrunk
 from continual.context import StrategyContext
-from continual.config import check_choice
+from continual.config.load import check_choice
 from continual.errors import ConfigError
 from continual.heads import ClipClassifier, logit_scale
 from strategies.base import ClipStrategy, record_term

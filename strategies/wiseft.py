@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from avalanche.core import SupervisedPlugin
 
-from continual.config import check_choice
+from continual.config.load import check_choice
 from continual.errors import ConfigError
 from strategies.base import ClipStrategy
 

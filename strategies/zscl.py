@@ -53,7 +53,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from continual.config import check_choice
+from continual.config.load import check_choice
 from continual.errors import ConfigError
 from continual.evaluation import encode_all
 from continual.heads import logit_scale

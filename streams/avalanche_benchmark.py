@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from continual.config import StreamConfig
+from continual.config.schema import StreamConfig
 from continual.errors import ConfigError
 from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder
 

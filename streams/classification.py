@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from continual.config import StreamConfig
+from continual.config.schema import StreamConfig
 from continual.errors import ConfigError, UserError
 from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder, encode_images
 from streams.datasets import DataNotFoundError, digits, fashion_mnist, per_class_subset, sample_per_class

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from continual.config import ControlConfig
+from continual.config.schema import ControlConfig
 from continual.errors import ConfigError
 from continual.stream import ControlSet, ImageEncoder, TextEncoder
 from streams.captions import Pair, PairDataset, concept_key, load_pairs, split_by_concept

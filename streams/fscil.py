@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from continual.config import StreamConfig
+from continual.config.schema import StreamConfig
 from continual.errors import first_line
 from continual.stream import ClassificationStream, ImageEncoder, TextEncoder
 from streams.classification import class_incremental, nominal_stream

@@ -34,7 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from continual.config import ControlConfig, StreamConfig, check_choice
+from continual.config.schema import ControlConfig, StreamConfig
+
+from continual.config.load import check_choice
 from continual.errors import ConfigError, first_line
 from continual.stream import ClassificationStream, ImageEncoder, InputsDataset, Session, TextEncoder, encode_images
 from streams.captions import EMOJI_INSTALL, TUX_INSTALL, Pair, PairDataset, emoji_pairs, split_by_concept, tux_pairs

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from continual.config import StreamConfig
+from continual.config.schema import StreamConfig
 from continual.errors import ConfigError
 from continual.stream import CaptionedImages, ImageEncoder, InputsDataset, PairSet, PairStream, Session, TextEncoder, take
 from streams.captions import Pair, PairDataset, concept_key, load_pairs, split_by_concept

@@ -61,7 +61,7 @@ def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
     import strategies  # noqa: F401  (registers the strategies)
     from continual.system import distributed
     from continual.backbone import create_model, set_trainable
-    from continual.config import TrainConfig
+    from continual.config.schema import TrainConfig
     from continual.context import StrategyContext
     from continual.heads import ClipClassifier, prompts
     from continual.registry import STRATEGIES

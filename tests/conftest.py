@@ -47,7 +47,7 @@ def small_overrides(tmp_path) -> list[str]:
 
 def small_config(tmp_path, *overrides: str):
     """A real, small experiment: digits in 2 sessions on the LiT towers, logged to tmp_path."""
-    from continual.config import load_config
+    from continual.config.load import load_config
 
     return load_config(None, small_overrides(tmp_path) + list(overrides))
 

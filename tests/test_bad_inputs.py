@@ -390,7 +390,7 @@ def test_corrupt_image_in_a_manifest(capsys, tmp_path):
                     f"stream.sources=[{manifest}]")
     assert f"cannot read image {tmp_path / '3.png'}" in message and "stream.on_corrupt=skip" in message
 
-    from continual.config import load_config
+    from continual.config.load import load_config
     from streams.pairs import caption_pairs_stream
 
     cfg = load_config(None, ["stream.name=caption-pairs", "stream.n_sessions=1", f"stream.sources=[{manifest}]",

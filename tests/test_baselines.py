@@ -263,7 +263,7 @@ def test_zscl_final_weights_count_once_when_the_last_step_is_a_snapshot():
 
 
 def test_zscl_without_reference_pairs_is_a_config_error():
-    from continual.config import load_config
+    from continual.config.load import load_config
     from continual.context import StrategyContext
 
     cfg = load_config(None, [])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from continual.config import load_config, strategy_params
+from continual.config.load import load_config, strategy_params
 from continual.errors import ConfigError
 
 

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from omegaconf import OmegaConf
 
-from continual.config import TrainConfig, load_config, strategy_params
+from continual.config.schema import TrainConfig
+
+from continual.config.load import load_config, strategy_params
 from continual.errors import ConfigError, UserError
 from continual.heads import ClipClassifier, restrict
 from numerics import sum_rounding

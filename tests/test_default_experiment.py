@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from continual.config import load_config
+from continual.config.load import load_config
 from continual.runner import run
 
 

@@ -124,7 +124,7 @@ def test_sam_change_by_hand():
 @pytest.fixture(scope="module")
 def tux_control():
     from continual.backbone import load_backbone
-    from continual.config import ControlConfig
+    from continual.config.schema import ControlConfig
     from continual.features import image_inputs, text_inputs
     from streams.control import heldout_captions
 
@@ -307,7 +307,7 @@ def test_pair_probe_joins_sets_with_their_offsets():
 
 
 def test_probe_control_without_control_data_is_a_config_error():
-    from continual.config import load_config
+    from continual.config.load import load_config
     from continual.errors import ConfigError
 
     with pytest.raises(ConfigError, match="diagnostics.probe=control needs control data"):

@@ -16,7 +16,7 @@ from avalanche.core import SupervisedPlugin
 from PIL import Image
 from torch import nn
 
-from continual.config import load_config, strategy_params
+from continual.config.load import load_config, strategy_params
 from continual.errors import ConfigError
 from continual.heads import ClipClassifier
 from continual.runner import plan

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from continual.cli import main
-from continual.config import load_config
+from continual.config.load import load_config
 from continual.errors import ConfigError
 from streams.classification import digits_stream, image_folder_stream
 from streams.datasets import DataNotFoundError, LabelledImages, digits, per_class_subset, sample_per_class

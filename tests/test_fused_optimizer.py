@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from numerics import adamw_rounding, sgd_momentum_rounding
-from continual.config import TrainConfig, load_config
+from continual.config.schema import TrainConfig
+from continual.config.load import load_config
 from continual.errors import ConfigError
 from strategies.base import build_optimizer, fused_available
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual.config import ControlConfig, load_config
+from continual.config.schema import ControlConfig
+
+from continual.config.load import load_config
 from continual.errors import ConfigError
 from streams.captions import EMOJI_FONT_FILE, EMOJI_TEST_FILE, TUX_STAMPS_DIR
 from streams.datasets import FASHION_MNIST_SYSTEM_DIR, DataNotFoundError

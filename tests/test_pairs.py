@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from continual.config import load_config
+from continual.config.load import load_config
 from continual.evaluation import retrieval
 from continual.stream import PairSet
 from streams.pairs import caption_pairs_stream

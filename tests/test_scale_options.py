@@ -11,7 +11,7 @@ import torch
 
 import _ddp_worker as worker
 from numerics import eps, sum_rounding
-from continual.config import load_config
+from continual.config.load import load_config
 from continual.errors import ConfigError
 
 
