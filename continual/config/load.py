@@ -20,10 +20,13 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Omega
 
 from continual.config import shipped
 from continual.config.schema import (
-    TRAINABLE, OPTIMIZERS, SCHEDULERS, LABEL_SPACES, EVAL_LABEL_SPACES, LOSSES, EVAL_METRICS, SESSION_BY, ON_CORRUPT, PRECISIONS, TEMPLATE_USE, SAMPLINGS, TEST_BY, HOLDOUTS, KARPATHY_TRAIN_SPLITS, PROBES, ExperimentConfig,
+    EVAL_LABEL_SPACES, EVAL_METRICS, HOLDOUTS, KARPATHY_TRAIN_SPLITS, LABEL_SPACES, LOSSES, ON_CORRUPT,
+    OPTIMIZERS, PRECISIONS, PROBES, SAMPLINGS, SCHEDULERS, SESSION_BY, TEMPLATE_USE, TEST_BY, TRAINABLE,
+    ExperimentConfig,
 )
 from continual.errors import ConfigError, first_line
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
+
 
 def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfig:
     """Schema <- YAML file <- dotted overrides, validated. Raises a one-line ConfigError."""
