@@ -85,7 +85,7 @@ class ModelResult:
     cached_bytes: dict[str, float] = field(default_factory=dict)  # variant -> tensors its plugins keep
     frozen_copy_bytes: float = 0.0
     step_flops: float = 0.0  # the bare loop's step
-    our_flops: float = 0.0  # ours: the prompts' padding cut (continual.text_context)
+    our_flops: float = 0.0  # ours: the prompts' padding cut (continual.clip.text_context)
     matmul_flops_per_s: float = 0.0
     setup_seconds: dict[str, float] = field(default_factory=dict)  # variant -> session start (teacher, vocabulary)
     profile: dict[str, float] = field(default_factory=dict)  # category -> share of the fine-tuning step's time
@@ -152,8 +152,8 @@ class Workload:
 
 
 def build_workload(plan: Plan, device: torch.device, precision: str) -> Workload:
-    from continual.backbone import create_model, set_trainable
-    from continual.heads import prompts
+    from continual.clip.backbone import create_model, set_trainable
+    from continual.clip.heads import prompts
 
     torch.manual_seed(0)
     model, _, tokenizer = create_model(plan.model)  # random init
@@ -181,7 +181,7 @@ def make_strategy(variant: str, work: Workload, plan: Plan, plugins: list) -> An
     """A fresh copy of the model in ``variant``'s strategy, as the runner builds it."""
     import strategies  # noqa: F401  (registers the strategies by name)
     from continual.context import StrategyContext
-    from continual.heads import ClipClassifier
+    from continual.clip.heads import ClipClassifier
     from continual.registry import STRATEGIES
 
     cls = STRATEGIES.get(variant, "strategy")
@@ -239,7 +239,7 @@ def count_step_flops(work: Workload, plan: Plan, ours: bool = False) -> float:
     step's, or with ``ours`` our step's, whose text tower reads the prompts up to their end only."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from continual.text_context import encode_text
+    from continual.clip.text_context import encode_text
 
     model = copy.deepcopy(work.model).train()
     x, y = work.images[: plan.batch_size].to(work.device), work.labels[: plan.batch_size].to(work.device)

@@ -3,7 +3,7 @@ the time a first run on an empty cache takes to reach its first training step.
 
 Features: the default model's two frozen trunks (ImageNet EfficientNet-Lite0 at 128 px, MiniLM-L6)
 over real images (Fashion-MNIST test images; emoji and Tux Paint stamps, decoded as the base
-build decodes them) and real captions, by :mod:`continual.extract` against the loop a researcher
+build decodes them) and real captions, by :mod:`continual.clip.extract` against the loop a researcher
 writes: a ``torch.no_grad()`` loop over a ``DataLoader`` of the preprocessed images (same batch
 size as ours), the text trunk over the tokenizer's padded ids. Variants alternate within each
 round; medians of the rounds' throughputs. Both see the same torch thread setting (the bench's).
@@ -65,10 +65,10 @@ def feature_data(per_class: int, pairs_every: int) -> tuple[dict[str, torch.util
 
 
 def bench_features(echo: Echo, rounds: int = 3, per_class: int = 50, pairs_every: int = 8) -> FeatureResult:
-    """Images (texts) per second of :mod:`continual.extract` and of the bare loops, interleaved."""
-    from continual.backbone import LIT_MODEL, load_backbone
-    from continual.extract import BATCH_SIZE, image_features, text_features
-    from continual.features import Transformed
+    """Images (texts) per second of :mod:`continual.clip.extract` and of the bare loops, interleaved."""
+    from continual.clip.backbone import LIT_MODEL, load_backbone
+    from continual.clip.extract import BATCH_SIZE, image_features, text_features
+    from continual.clip.features import Transformed
 
     backbone = load_backbone(LIT_MODEL, "", "projections")
     data, captions = feature_data(per_class, pairs_every)
@@ -127,7 +127,7 @@ def first_run_seconds(echo: Echo, timeout: float = 1800.0) -> dict[str, float]:
 def report_lines(features: Optional[FeatureResult], first_run: Optional[dict[str, float]]) -> list[str]:
     lines: list[str] = []
     if features is not None:
-        lines += ["", f"frozen-trunk features (the default model's trunks, real data; ours: continual.extract; "
+        lines += ["", f"frozen-trunk features (the default model's trunks, real data; ours: continual.clip.extract; "
                       f"bare: a no_grad loop; median of {features.rounds} rounds):"]
         for name, n in features.images.items():
             ours, bare = features.median(f"{name}/ours"), features.median(f"{name}/bare")

@@ -42,8 +42,8 @@ class StrategyContext:
 
 
 def from_backbone(backbone, reference: Optional[Callable[[], ControlSet]] = None) -> StrategyContext:
-    """The context of a :class:`continual.backbone.Backbone` (uncached text encoding)."""
-    from continual.features import image_inputs, text_inputs
+    """The context of a :class:`continual.clip.backbone.Backbone` (uncached text encoding)."""
+    from continual.clip.features import image_inputs, text_inputs
 
     def encode(texts):
         return text_inputs(texts, backbone.tokenizer, backbone.text_trunk, backbone.fingerprint("text"))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from continual.system import distributed
-from continual.heads import ClipClassifier, restrict
+from continual.clip.heads import ClipClassifier, restrict
 from continual.measure.metrics import retrieval_metrics
 from continual.stream import ControlSet
 

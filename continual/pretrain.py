@@ -36,8 +36,8 @@ from omegaconf import OmegaConf
 
 from continual.system.atomic import atomic_write
 from continual.errors import ConfigError
-from continual.extract import torch_threads
-from continual.features import cache_dir
+from continual.clip.extract import torch_threads
+from continual.clip.features import cache_dir
 
 
 @dataclass
@@ -135,18 +135,18 @@ def resolve_base(name: str, echo: Callable[[str], None] = print) -> Path:
 def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     """Train a base by ``cfg``, save it to :func:`base_path` and return its report."""
     import open_clip
-    from continual.backbone import load_backbone
+    from continual.clip.backbone import load_backbone
     from continual.config.schema import ControlConfig, StreamConfig
     from continual.evaluation import accuracy, retrieval
-    from continual.features import image_inputs, text_inputs
-    from continual.heads import ClipClassifier, prompts
+    from continual.clip.features import image_inputs, text_inputs
+    from continual.clip.heads import ClipClassifier, prompts
     from continual.registry import CONTROLS, STREAMS
-    from strategies.base import fused_available
+    from continual.clip.optimizer import fused_available
 
     from continual.config.schema import SAMPLINGS
 
     from continual.config.load import check_choice
-    from continual.schedule import lr_factor
+    from continual.clip.schedule import lr_factor
 
     check_choice("sampling", cfg.sampling, SAMPLINGS)
     if not 0 <= cfg.warmup < 1:

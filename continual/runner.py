@@ -111,9 +111,9 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from its last checkpoint in the same MLflow run, unless ``fresh``; ``resume`` names the run
     to continue explicitly. ``parent``: the MLflow run to nest this one under (a sweep's).
     """
-    from continual.backbone import load_backbone
-    from continual.features import image_inputs, text_inputs
-    from continual.heads import ClipClassifier, per_class, prompts
+    from continual.clip.backbone import load_backbone
+    from continual.clip.features import image_inputs, text_inputs
+    from continual.clip.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
     from continual.store import default_artifact_root, ensure_store
     from continual.tracking import MLflowLogger

@@ -1,7 +1,7 @@
 """The strategy base: CLIP classification trained session by session on Avalanche's template.
 
 ``ClipStrategy`` is an Avalanche ``SupervisedTemplate`` whose model is a
-:class:`continual.heads.ClipClassifier` (logits = s * f_I(x) W^T over the stream's class names)
+:class:`continual.clip.heads.ClipClassifier` (logits = s * f_I(x) W^T over the stream's class names)
 and whose task loss is label-smoothed cross-entropy over the configured label space, or, on
 image-text streams (batches of (image, caption id)), CLIP's symmetric contrastive loss over the
 batch's pairs:
@@ -40,11 +40,12 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from continual.system import distributed
-from continual.backbone import enable_grad_checkpointing
+from continual.clip.backbone import enable_grad_checkpointing
 from continual.context import StrategyContext
 from continual.errors import UserError
-from continual.heads import ClipClassifier, logit_scale, restrict
-from continual.schedule import lr_factor, warmup_steps
+from continual.clip.heads import ClipClassifier, logit_scale, restrict
+from continual.clip.optimizer import build_optimizer
+from continual.clip.schedule import lr_factor, warmup_steps
 
 
 TASK_LOSSES = ("ce", "contrastive")
@@ -56,26 +57,6 @@ def record_term(strategy: Any, name: str, value: torch.Tensor, reported: Optiona
     the value to log instead (a distillation's KL; see ``continual.training_curves``)."""
     if hasattr(strategy, "record_term"):
         strategy.record_term(name, value, reported)
-
-
-def fused_available(params: Sequence[torch.Tensor]) -> bool:
-    """Whether torch has fused optimizer kernels (AdamW, SGD: one kernel over all parameters
-    instead of a loop of small operations per parameter) for these parameters' devices."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    devices = set(_get_fused_kernels_supported_devices())
-    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
-
-
-def build_optimizer(params: list[torch.nn.Parameter], cfg: Any, lr: Optional[float] = None) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum) over ``params`` with ``lr`` (default ``cfg.lr``) and
-    ``cfg.weight_decay``; fused (``cfg.fused``) where torch has the kernels for the device."""
-    lr = cfg.lr if lr is None else lr
-    fused = bool(getattr(cfg, "fused", True)) and fused_available(params)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               fused=fused or None)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def contrastive_task_loss(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -55,7 +55,7 @@ Choices where the paper leaves room, following the official code unless said oth
   train.label_space says (the config sets it to "current" so the plan reads right).
 
 As an Avalanche plugin in another strategy: wrap the open_clip model in :class:`PromptedCLIP`,
-classify with it (e.g. ``continual.heads.ClipClassifier``), optimise only its ``prompts``
+classify with it (e.g. ``continual.clip.heads.ClipClassifier``), optimise only its ``prompts``
 parameters, and add :class:`CPEPlugin` (logit mask and gradient scaling) and, for the authors'
 schedule, :class:`EpochWarmupLR`.
 """
@@ -73,7 +73,7 @@ from torch import nn
 
 from continual.config.load import check_choice
 from continual.errors import ConfigError, UserError
-from continual.heads import ClipClassifier
+from continual.clip.heads import ClipClassifier
 from strategies.base import ClipStrategy
 
 LOGIT_SCALE = 100.0  # the authors' fixed 100 * cosine
@@ -99,7 +99,7 @@ def mask_logits(logits: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
     """z'[:, c] = z[:, c] for c in ``keep`` (the current session's classes), -inf otherwise.
 
     CE(z', y) = CE(z restricted to ``keep``, y): the masked classes get zero probability and no
-    gradient. (With label smoothing, restrict the columns instead: ``continual.heads.restrict``.)
+    gradient. (With label smoothing, restrict the columns instead: ``continual.clip.heads.restrict``.)
     """
     kept = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     kept[torch.as_tensor(list(keep), dtype=torch.long, device=logits.device)] = True
@@ -170,7 +170,7 @@ def config_problem(model_name: str, towers: str) -> Optional[str]:
     its open_clip config alone (nothing is built); None if they can, or if the model is unknown
     (building it reports that). The same rules as :func:`_text_tower` and :class:`PromptedCLIP`
     apply to the built model."""
-    from continual.backbone import model_config
+    from continual.clip.backbone import model_config
 
     config = model_config(model_name)
     if config is None:

@@ -9,7 +9,7 @@ of classes C:
     KD(a, b; T) = T^2 * mean_i CE(softmax(a_i / T), softmax(b_i / T))
     L = L_task + alpha * KD(Z_t, Z_s; T),           alpha = 1, T = 2
 
-W[c] is class c's normalised template-mean text feature (``continual.heads``).
+W[c] is class c's normalised template-mean text feature (``continual.clip.heads``).
 
 - ``classes``: ``current`` (default; METHODS.md, and ZSCL's LwF baseline: the current session's
   class texts) or ``seen_before`` (classic LwF: the outputs of the classes learnt in earlier
@@ -41,7 +41,7 @@ from torch import nn
 from continual.system import distributed
 from continual.config.load import check_choice
 from continual.errors import ConfigError
-from continual.heads import logit_scale
+from continual.clip.heads import logit_scale
 from strategies.base import ClipStrategy, record_term
 from strategies.distill import frozen_copy, kd, kl_of
 
@@ -68,7 +68,7 @@ class LwFParams:
 
 class LwFPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds ``alpha * KD(Z_t, Z_s; T)`` in ``before_backward``. Works in any Avalanche strategy
-    whose model is a :class:`continual.heads.ClipClassifier` (``mb_output`` = its logits)."""
+    whose model is a :class:`continual.clip.heads.ClipClassifier` (``mb_output`` = its logits)."""
 
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0, classes: str = "current",
                  text_features: str = "student", symmetric: bool = False) -> None:

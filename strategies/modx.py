@@ -43,7 +43,7 @@ from torch import nn
 from continual.system import distributed
 from continual.config.load import check_choice
 from continual.errors import ConfigError
-from continual.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
+from continual.clip.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
 from strategies.base import ClipStrategy, record_term
 from strategies.distill import TEACHERS, Teacher
 
@@ -127,7 +127,7 @@ class ModXParams:
 
 class ModXPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds alpha * (L_i2t + L_t2i) / 2 on classification batches in ``before_backward``; usable
-    in any Avalanche strategy whose model is a :class:`continual.heads.ClipClassifier`.
+    in any Avalanche strategy whose model is a :class:`continual.clip.heads.ClipClassifier`.
 
     ``model``: the CLIP model before training, copied now when ``teacher="initial"``. Inspect
     ``last_value`` (the unweighted term of the last batch) and ``last_kept`` (rows kept i2t, t2i).

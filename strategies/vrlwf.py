@@ -47,11 +47,11 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from continual.system import distributed
-from continual.backbone import HFTextTrunk
+from continual.clip.backbone import HFTextTrunk
 from continual.context import StrategyContext
 from continual.config.load import check_choice
 from continual.errors import ConfigError
-from continual.heads import ClipClassifier, logit_scale
+from continual.clip.heads import ClipClassifier, logit_scale
 from strategies.base import ClipStrategy, record_term
 from strategies.distill import TEACHERS, Teacher, kd, kl_of
 
@@ -203,7 +203,7 @@ class VRLwFParams:
 
 class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds lambda * L_VR in ``before_backward``; usable in any Avalanche strategy whose model is
-    a :class:`continual.heads.ClipClassifier` (``strategy.model.model`` is the CLIP model).
+    a :class:`continual.clip.heads.ClipClassifier` (``strategy.model.model`` is the CLIP model).
 
     ``context`` gives the tokenizer and text encoding (needed for the random vocabularies);
     ``model``: the CLIP model before training, copied now when ``teacher="initial"``.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional, Sequence
 
-from continual.heads import ClipClassifier
+from continual.clip.heads import ClipClassifier
 
 
 class ZeroShot:

@@ -56,7 +56,7 @@ from torch.optim.swa_utils import AveragedModel
 from continual.config.load import check_choice
 from continual.errors import ConfigError
 from continual.evaluation import encode_all
-from continual.heads import logit_scale
+from continual.clip.heads import logit_scale
 from continual.stream import ControlSet
 from strategies.base import ClipStrategy, record_term
 from strategies.distill import frozen_copy, kd, kl_of
@@ -126,7 +126,7 @@ def _take(inputs: Any, index: torch.Tensor) -> torch.Tensor:
 class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds ``weight * L_ZSCL + l2 * ||theta - theta_start||^2`` in ``before_backward`` and does
     the weight ensembling. Works in any Avalanche strategy whose model is a
-    :class:`continual.heads.ClipClassifier`.
+    :class:`continual.clip.heads.ClipClassifier`.
 
     ``reference``: a :class:`ControlSet` of image-caption pairs (model inputs), or a callable
     returning one (loaded on first use). ``initial_model``: the frozen CLIP model to distil

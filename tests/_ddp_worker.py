@@ -60,10 +60,10 @@ def run_case(name: str, dtype: torch.dtype = torch.float64) -> dict:
 
     import strategies  # noqa: F401  (registers the strategies)
     from continual.system import distributed
-    from continual.backbone import create_model, set_trainable
+    from continual.clip.backbone import create_model, set_trainable
     from continual.config.schema import TrainConfig
     from continual.context import StrategyContext
-    from continual.heads import ClipClassifier, prompts
+    from continual.clip.heads import ClipClassifier, prompts
     from continual.registry import STRATEGIES
     from continual.stream import InputsDataset
 

@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore", message="no QP solver")
 @pytest.fixture(scope="session")
 def lit_model():
     """The LiT composite (real pre-trained towers), random projections: built once."""
-    from continual.backbone import create_model
+    from continual.clip.backbone import create_model
 
     return create_model("lit-effnet-minilm")
 

@@ -19,9 +19,9 @@ from torch.utils.data import TensorDataset
 
 from numerics import eps, kl_rounding, sum_rounding
 
-from continual.backbone import create_model
+from continual.clip.backbone import create_model
 from continual.context import StrategyContext
-from continual.heads import ClipClassifier, logit_scale, prompts
+from continual.clip.heads import ClipClassifier, logit_scale, prompts
 from strategies.modx import ModXParams, ModXPlugin
 from strategies.vrlwf import VRLwFParams, VRLwFPlugin
 

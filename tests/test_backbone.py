@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from continual.backbone import create_model, load_weights, set_trainable, split_frozen_trunks
+from continual.clip.backbone import create_model, load_weights, set_trainable, split_frozen_trunks
 from continual.errors import UserError
 from numerics import sum_rounding
 

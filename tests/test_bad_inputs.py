@@ -142,7 +142,7 @@ def test_experiment_name_limit_is_mlflows():
 def test_towers_judged_from_the_config_as_from_the_built_model(lit_model):
     """CPE-CLIP's fit is decided before anything is built (from open_clip's config); the built
     model gives the same answer."""
-    from continual.backbone import create_model
+    from continual.clip.backbone import create_model
     from strategies.cpe_clip import PromptedCLIP, UnsupportedTowerError, config_problem
 
     assert "Hugging Face text tower" in config_problem("lit-effnet-minilm", "both")

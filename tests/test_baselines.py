@@ -18,7 +18,7 @@ from torch import nn
 from numerics import (gradient_at_rounding, kd_gradient_rounding, probability_displacement, softmax_rounding,
                       sum_rounding)
 from continual.errors import ConfigError
-from continual.heads import ClipClassifier
+from continual.clip.heads import ClipClassifier
 from continual.runner import run
 from continual.stream import ControlSet
 from strategies.joint import Joint

@@ -14,7 +14,7 @@ from continual.config.schema import TrainConfig
 
 from continual.config.load import load_config, strategy_params
 from continual.errors import ConfigError, UserError
-from continual.heads import ClipClassifier, restrict
+from continual.clip.heads import ClipClassifier, restrict
 from numerics import sum_rounding
 from strategies.cpe_clip import (CPECLIP, CPECLIPParams, PromptedCLIP, UnsupportedTowerError, authors_lr_factor,
                                  mask_logits, session_alpha)
@@ -25,7 +25,7 @@ ORDER, SIZES = [3, 0, 4, 1, 2], [3, 2]  # session 1: {0, 3, 4}; session 2: {1, 2
 
 @pytest.fixture(scope="module")
 def tiny():
-    from continual.backbone import create_model
+    from continual.clip.backbone import create_model
 
     torch.manual_seed(0)
     return create_model("tiny-vit")  # random init: enough for the structural properties
@@ -33,7 +33,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def vit_b16():
-    from continual.backbone import create_model
+    from continual.clip.backbone import create_model
 
     torch.manual_seed(0)
     return create_model("ViT-B-16")
@@ -321,13 +321,13 @@ def test_training_loss_ignores_the_classes_of_earlier_sessions(trained, tiny):
 
 
 def test_end_to_end_run_trains_prompts_only(tmp_path, make_config, monkeypatch):
-    import continual.backbone
+    import continual.clip.backbone
     from safetensors.torch import load_file
 
     from continual.runner import run
 
     built = {}
-    load = continual.backbone.load_backbone
+    load = continual.clip.backbone.load_backbone
 
     def spy(*args, **kwargs):
         backbone = load(*args, **kwargs)
@@ -335,7 +335,7 @@ def test_end_to_end_run_trains_prompts_only(tmp_path, make_config, monkeypatch):
         built["before"] = {k: v.clone() for k, v in backbone.model.state_dict().items()}
         return backbone
 
-    monkeypatch.setattr(continual.backbone, "load_backbone", spy)
+    monkeypatch.setattr(continual.clip.backbone, "load_backbone", spy)
     cfg = make_config(tmp_path, "strategy.name=cpe-clip", "model.name=tiny-vit", "model.pretrained=null",
                       "model.templates=['{}.']", "control.name=null", "train.epochs=1", "train.optimizer=sgd",
                       "train.label_space=current", "eval.label_space=seen", "stream.train_per_class=10",

@@ -123,9 +123,9 @@ def test_sam_change_by_hand():
 # -- the same model twice ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tux_control():
-    from continual.backbone import load_backbone
+    from continual.clip.backbone import load_backbone
     from continual.config.schema import ControlConfig
-    from continual.features import image_inputs, text_inputs
+    from continual.clip.features import image_inputs, text_inputs
     from streams.control import heldout_captions
 
     backbone = load_backbone("lit-effnet-minilm", "", "projections")

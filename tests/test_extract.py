@@ -1,4 +1,4 @@
-"""Fast frozen-trunk features (continual.extract) are the trunk's features: BatchNorm folded only
+"""Fast frozen-trunk features (continual.clip.extract) are the trunk's features: BatchNorm folded only
 where that changes nothing but rounding, decoding workers changing nothing at all, texts cut
 after their last token and returned in their order. Their speed is measured by continual bench."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from continual.backbone import load_backbone
-from continual.extract import fold_batchnorm, image_features, inference_copy, text_features, torch_threads
-from continual.features import Transformed
+from continual.clip.backbone import load_backbone
+from continual.clip.extract import fold_batchnorm, image_features, inference_copy, text_features, torch_threads
+from continual.clip.features import Transformed
 from streams.captions import emoji_pairs, tux_pairs
 from streams.datasets import fashion_mnist, per_class_subset
 

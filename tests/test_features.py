@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from continual import features
-from continual.extract import image_features
-from continual.features import image_inputs, text_inputs
+from continual.clip import features
+from continual.clip.extract import image_features
+from continual.clip.features import image_inputs, text_inputs
 from streams.datasets import LabelledImages
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from continual.config.load import load_config, strategy_params
 from continual.errors import ConfigError
-from continual.heads import ClipClassifier
+from continual.clip.heads import ClipClassifier
 from continual.runner import plan
 from streams.pairs import caption_pairs_stream
 
@@ -185,7 +185,7 @@ def test_modx_protocol_plan_without_the_data():
 
 
 def test_the_coco_recipe_is_the_authors_and_its_model_has_a_6_layer_text_transformer():
-    from continual.backbone import create_model
+    from continual.clip.backbone import create_model
     from continual.pretrain import BASES, load_pretrain_config
 
     assert load_pretrain_config(str(CONFIGS / "pretrain-modx-coco.yaml")) == BASES["modx-coco"]
@@ -334,7 +334,7 @@ def test_training_prompts_use_the_first_template_and_evaluation_all(tmp_path):
 
 
 def test_augmentation_is_the_training_transform_of_training_images_only():
-    from continual.backbone import load_backbone
+    from continual.clip.backbone import load_backbone
     from streams.classification import digits_stream
 
     backbone = load_backbone("tiny-vit", "", "all")

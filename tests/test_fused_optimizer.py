@@ -11,7 +11,7 @@ from numerics import adamw_rounding, sgd_momentum_rounding
 from continual.config.schema import TrainConfig
 from continual.config.load import load_config
 from continual.errors import ConfigError
-from strategies.base import build_optimizer, fused_available
+from continual.clip.optimizer import build_optimizer, fused_available
 
 STEPS, LR, WEIGHT_DECAY, MOMENTUM = 6, 1e-2, 0.1, 0.9
 GRAD_LOW, GRAD_HIGH = 0.5, 1.5  # |g| within these: Adam's denominator stays away from 0

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from continual.backbone import set_trainable, split_frozen_trunks
-from continual.heads import ClipClassifier, prompts, restrict
+from continual.clip.backbone import set_trainable, split_frozen_trunks
+from continual.clip.heads import ClipClassifier, prompts, restrict
 
 
 class CountingText(torch.nn.Module):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from numerics import kl_rounding, sum_rounding
-from continual.backbone import create_model
-from continual.heads import ClipClassifier, prompts
+from continual.clip.backbone import create_model
+from continual.clip.heads import ClipClassifier, prompts
 from strategies.modx import (ModXParams, ModXPlugin, alignment_loss, clip_contrastive_loss, filtered_kl,
                              old_model_correct, similarity)
 

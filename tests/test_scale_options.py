@@ -71,7 +71,7 @@ def test_scale_options_are_validated(override, message):
 
 
 def test_grad_checkpointing_of_a_model_without_it_is_a_user_error():
-    from continual.backbone import enable_grad_checkpointing
+    from continual.clip.backbone import enable_grad_checkpointing
     from continual.errors import UserError
 
     with pytest.raises(UserError, match="train.grad_checkpointing"):

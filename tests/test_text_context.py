@@ -1,4 +1,4 @@
-"""Class prompts read only up to their end token (continual.text_context): the text tower's
+"""Class prompts read only up to their end token (continual.clip.text_context): the text tower's
 features and gradients, for less work."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from continual.backbone import create_model, set_trainable
-from continual.heads import ClipClassifier, prompts
-from continual.text_context import causal_text_tower, encode_text
+from continual.clip.backbone import create_model, set_trainable
+from continual.clip.heads import ClipClassifier, prompts
+from continual.clip.text_context import causal_text_tower, encode_text
 
 NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]
 TEMPLATES = ["a photo of a {}.", "a low resolution photo of the {}, a type of clothing."]

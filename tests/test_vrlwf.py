@@ -17,10 +17,10 @@ from torch.distributions import Categorical
 from numerics import (gradient_at_rounding, kd_gradient_rounding, probability_displacement, softmax_rounding,
                       sum_rounding)
 
-from continual.backbone import create_model, register_model_configs
+from continual.clip.backbone import create_model, register_model_configs
 from continual.context import StrategyContext
 from continual.errors import ConfigError
-from continual.heads import ClipClassifier, logit_scale, prompts
+from continual.clip.heads import ClipClassifier, logit_scale, prompts
 from strategies.distill import Teacher
 from strategies.vrlwf import (VRLwFParams, VRLwFPlugin, kd, random_token_vocabulary, random_word_sentences,
                               tokenizer_spec, vocabulary_generator, vr_loss)
@@ -198,7 +198,7 @@ def test_the_teacher_gets_no_gradient_and_the_student_does(tiny):
 
 
 def test_vocabulary_features_on_the_lit_base_with_its_split_text_trunk():
-    from continual.backbone import load_backbone
+    from continual.clip.backbone import load_backbone
     from continual.context import from_backbone
 
     backbone = load_backbone("lit-effnet-minilm", "", "projections")  # MiniLM trunk split off

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from continual.backbone import is_image_param
-from continual.text_context import encode_text
+from continual.clip.backbone import is_image_param
+from continual.clip.text_context import encode_text
 
 MAX_LOGIT_SCALE = math.log(100.0)
 

@@ -4,7 +4,7 @@
 or a base built by ``continual pretrain``), decides which parameters train, and splits off the
 frozen trunks: a tower whose trunk is frozen computes the same trunk features for an input
 forever, so that trunk becomes part of the data pipeline (applied once, cached by
-``continual.features``) and the model keeps only the trainable head. Strategies never see the
+``continual.clip.features``) and the model keeps only the trainable head. Strategies never see the
 difference: they call ``model.encode_image`` / ``model.encode_text`` on the inputs they are
 given.
 """

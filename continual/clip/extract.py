@@ -1,6 +1,6 @@
 """Frozen-trunk features of a whole dataset, computed fast (the first run's cost is mostly this).
 
-A frozen trunk is applied once per image (then cached, see :mod:`continual.features`), so what
+A frozen trunk is applied once per image (then cached, see :mod:`continual.clip.features`), so what
 matters is images per second on the machine at hand. Measured by ``continual bench`` against a
 bare ``torch.no_grad()`` loop over the same trunk and images (README, "How fast"):
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from continual.system.atomic import atomic_write
-from continual.extract import BATCH_SIZE, TEXT_BATCH_SIZE, image_features, pad_token, text_features
+from continual.clip.extract import BATCH_SIZE, TEXT_BATCH_SIZE, image_features, pad_token, text_features
 
 
 def cache_dir() -> Path:
@@ -45,7 +45,7 @@ def image_inputs(dataset: Dataset, key: str, preprocess: Callable, trunk: Option
     """The model's image inputs for every item of ``dataset`` (items are ``(PIL image, ...)``).
 
     With a frozen ``trunk``: a tensor of trunk features (computed by
-    :func:`continual.extract.image_features`), cached on disk under ``key`` (which must identify
+    :func:`continual.clip.extract.image_features`), cached on disk under ``key`` (which must identify
     the data: name, split and item indices) and the trunk/preprocess ``fingerprint``.
     Without: a lazy dataset of preprocessed pixels.
     """
