@@ -232,7 +232,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from continual.report import from_store
-    from continual.store import default_tracking_uri
+    from continual.tracking.store import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.output_dir)
     table = from_store(args.target, uri, args.baseline, args.metrics.split(",") if args.metrics else None)
@@ -251,8 +251,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from continual.server import start_ui, ui_url
-    from continual.store import default_artifact_root, default_tracking_uri
+    from continual.tracking.server import start_ui, ui_url
+    from continual.tracking.store import default_artifact_root, default_tracking_uri
 
     uri = default_tracking_uri(args.output_dir)
     print(f"MLflow UI for {uri} (Ctrl-C to stop); in its model-training view:")
@@ -264,7 +264,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def experiments(uri: str) -> list[tuple[str, str]]:
     """(name, id) of the store's experiments with runs; none when the store does not exist yet."""
-    from continual.store import sqlite_path
+    from continual.tracking.store import sqlite_path
 
     db = sqlite_path(uri) if uri.startswith("sqlite:///") else None
     if db is None or not db.exists():

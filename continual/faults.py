@@ -5,9 +5,9 @@ reads instead of a traceback.
   (a ``KeyboardInterrupt``) says which sessions are checkpointed and that the same command
   resumes the run.
 - The tracking server stopped answering (MLflow's bounded retries, see
-  :data:`continual.store.HTTP_RETRY_DEFAULTS`, ran out): the run cannot be marked (it stays
+  :data:`continual.tracking.store.HTTP_RETRY_DEFAULTS`, ran out): the run cannot be marked (it stays
   RUNNING on the server, which is what lets the same command find and resume it); a
-  :class:`~continual.store.TrackingError` names the server and says so.
+  :class:`~continual.tracking.store.TrackingError` names the server and says so.
 - The disk under the outputs filled up or went read-only: marked FAILED where the store can
   still take it; a :class:`StorageError` names the cause.
 - Anything else: FAILED, with the error as the run's ``error`` tag; the exception propagates
@@ -28,7 +28,7 @@ from typing import Any, Optional
 from continual import checkpoint
 from continual.errors import UserError
 from continual.system.signals import signal_name
-from continual.store import TrackingError
+from continual.tracking.store import TrackingError
 
 # How a write that the disk refused reads, from Python (errno), sqlite and safetensors (text).
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

@@ -1,6 +1,6 @@
 """Runs in an MLflow store, grouped by config without the seed, and aggregated over seeds.
 
-A group is every finished run whose params (the flattened config, see :mod:`continual.params`)
+A group is every finished run whose params (the flattened config, see :mod:`continual.tracking.params`)
 are the same once the seed and the bookkeeping keys (tracking, output folder, threads) are set
 aside: the seeds of one method, or of one override value. A group's label is its strategy, plus
 the params that tell it apart from other groups of the same strategy.

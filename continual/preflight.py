@@ -67,7 +67,7 @@ def preflight(cfg: DictConfig, strict: bool = True) -> Checked:
         strategy_cls.check_model(cfg.model.name, params)
     missing = stream.data_missing or getattr(strategy_cls, "data_missing", lambda _: None)(params)
     on_this_machine(UserError(missing) if missing else None)  # the stream's data, or the method's own
-    from continual.store import check_tracking_uri, writable_problem
+    from continual.tracking.store import check_tracking_uri, writable_problem
 
     uri = tracking_uri(cfg)
     check_tracking_uri(uri)
@@ -79,7 +79,7 @@ def preflight(cfg: DictConfig, strict: bool = True) -> Checked:
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    from continual.store import default_tracking_uri
+    from continual.tracking.store import default_tracking_uri
 
     return cfg.tracking.uri or default_tracking_uri(cfg.output_dir)
 

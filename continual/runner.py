@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, faults, run_info
+from continual import checkpoint, faults
+from continual.tracking import labels as run_info
 from continual.config import fidelity
 from continual.system import distributed
 from continual.measure import metrics as M
@@ -115,8 +116,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.clip.features import image_inputs, text_inputs
     from continual.clip.heads import ClipClassifier, per_class, prompts
     from continual.pretrain import resolve_base
-    from continual.store import default_artifact_root, ensure_store
-    from continual.tracking import MLflowLogger
+    from continual.tracking.store import default_artifact_root, ensure_store
+    from continual.tracking.logger import MLflowLogger
     from continual.training_curves import training_curves
 
     # Everything that can be wrong with the input fails here, before any model is built.
@@ -310,7 +311,7 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
     newest unfinished run of this config (under the same ``parent``) that has a checkpoint, else
     None (a new run). With ``lock``, the run returned is held by this process (RunBusyError if
     another holds it)."""
-    from continual.store import find_runs
+    from continual.tracking.store import find_runs
 
     check_resume_flags(resume, fresh)
     if resume:

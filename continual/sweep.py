@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from continual import groups as G
 from continual.config.load import load_config, to_dict
 from continual.errors import ConfigError, UserError
-from continual.params import as_params
+from continual.tracking.params import as_params
 from continual.system.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
@@ -236,7 +236,7 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
 
     from continual import report
     from continual.preflight import preflight, tracking_uri
-    from continual.store import ensure_store
+    from continual.tracking.store import ensure_store
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
@@ -336,8 +336,8 @@ def _baseline(children: Sequence[Child], baseline: Optional[str]) -> Optional[st
 def _parent_run(uri: str, experiment: str, children: Sequence[Child], name: Optional[str], output_dir: str,
                 configs: Sequence[str], overrides: Sequence[str], seeds: Optional[Sequence[int]]) -> Any:
     """The sweep's parent run: the one this grid made before (same children), or a new one."""
-    from continual.store import default_artifact_root, find_runs
-    from continual.tracking import MLflowLogger
+    from continual.tracking.store import default_artifact_root, find_runs
+    from continual.tracking.logger import MLflowLogger
 
     fp = fingerprint(children)
     existing = find_runs(uri, experiment, SWEEP_TAG, fp)

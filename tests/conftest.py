@@ -61,8 +61,8 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path: Path):
     """A real `mlflow server` (sqlite backend) on a free local port; always stopped on teardown."""
-    from continual.server import start_server_process, stop_server_process, wait_healthy
-    from continual.store import TrackingError
+    from continual.tracking.server import start_server_process, stop_server_process, wait_healthy
+    from continual.tracking.store import TrackingError
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

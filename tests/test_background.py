@@ -1,4 +1,4 @@
-"""continual.background.LatestWins: a flush draws beside the worker, never one key twice at once."""
+"""continual.tracking.background.LatestWins: a flush draws beside the worker, never one key twice at once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from continual.background import LatestWins
+from continual.tracking.background import LatestWins
 
 
 def test_a_flush_runs_pending_jobs_on_its_own_thread_beside_the_worker() -> None:

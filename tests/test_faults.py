@@ -66,7 +66,7 @@ def one_line(stderr: str) -> str:
 # -- one store, many processes ------------------------------------------------------------------
 WORKER = """
 import sys, time
-from continual.store import ensure_store
+from continual.tracking.store import ensure_store
 from mlflow import MlflowClient
 uri, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
@@ -152,7 +152,7 @@ def test_sigterm_leaves_a_killed_run_that_one_process_resumes(tmp_path):
 # -- a tracking server that dies ------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_dead_tracking_server_fails_the_run_in_one_line_and_a_resume_completes_it(tmp_path):
-    from continual.server import start_server_process, stop_server_process, wait_healthy
+    from continual.tracking.server import start_server_process, stop_server_process, wait_healthy
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

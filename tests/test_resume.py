@@ -129,14 +129,14 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     figures = {a.path for a in client.list_artifacts(failed.info.run_id)}
     assert {"accuracy_matrix.csv", "accuracy_matrix_heatmap.png", "accuracy_matrix_curves.png"} <= figures
     drawn = []
-    from continual.tracking import save_figure
+    from continual.tracking.logger import save_figure
 
     def recording(path, draw, *args, **kwargs):  # the matrix each heatmap is drawn from
         if Path(path).name == "accuracy_matrix_heatmap.png":
             drawn.append(args[0].shape)
         return save_figure(path, draw, *args, **kwargs)
 
-    monkeypatch.setattr("continual.tracking.save_figure", recording)
+    monkeypatch.setattr("continual.tracking.logger.save_figure", recording)
     with pytest.raises(NonFiniteLossError):
         run(make_config(tmp_path / "again", "control.name=null"), echo=lambda s: None, progress=False)
     assert drawn[-1] == (2, 2)  # rows: before training, after session 1

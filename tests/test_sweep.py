@@ -19,7 +19,7 @@ from conftest import small_overrides
 from continual.errors import ConfigError
 from continual.groups import PARENT_TAG, ROLE_TAG
 from continual.report import from_store
-from continual.store import default_tracking_uri
+from continual.tracking.store import default_tracking_uri
 from continual.sweep import grid, parse_seeds, split_values, sweep
 
 REPO = Path(__file__).resolve().parents[1]

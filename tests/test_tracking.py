@@ -1,4 +1,4 @@
-"""continual.tracking against real MLflow stores: sqlite files and a real `mlflow server`."""
+"""continual.tracking.logger against real MLflow stores: sqlite files and a real `mlflow server`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import free_port
-from continual import store as tracking_store, tracking
-from continual.store import TrackingError
-from continual.tracking import MLflowLogger
+from continual.tracking import store as tracking_store
+from continual.tracking import logger as tracking
+from continual.tracking.store import TrackingError
+from continual.tracking.logger import MLflowLogger
 
 ROWS = ["before training", "after session 1", "after session 2"]
 COLS = ["session 1", "session 2"]

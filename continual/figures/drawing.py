@@ -101,7 +101,7 @@ def _give_back(child: _Child, alive: bool) -> None:
 def save_figure(path: str | Path, draw: Callable[..., Any], *args: Any, dpi: int = 120, **kwargs: Any) -> None:
     """``draw(*args, **kwargs).savefig(path)`` (PNG) in a drawing process; returns once the file
     is written, and raises what drawing raised. Blocks the calling thread (without holding the
-    interpreter): call it from a background thread (:class:`continual.background.LatestWins`).
+    interpreter): call it from a background thread (:class:`continual.tracking.background.LatestWins`).
     A drawing process that died (killed, out of memory) is replaced, once per figure."""
     job = pickle.dumps((str(path), dpi, draw, args, kwargs))  # what cannot travel fails here, in the caller
     for attempt in (1, 2):

@@ -4,8 +4,8 @@ from Avalanche.
 Everything goes through an explicit ``mlflow.MlflowClient(tracking_uri)``; nothing here reads
 or mutates MLflow's process-global state (``mlflow.set_tracking_uri``, the active run), so two
 loggers writing to two different stores can coexist in one process. Where runs live and how a
-store is checked: :mod:`continual.store`; the figures: :mod:`continual.figures.matrices`; MLflow's UI and
-server processes: :mod:`continual.server`.
+store is checked: :mod:`continual.tracking.store`; the figures: :mod:`continual.figures.matrices`; MLflow's UI and
+server processes: :mod:`continual.tracking.server`.
 
 This module imports avalanche (6-8 s) at import time, because :class:`MLflowLogger` must
 subclass Avalanche's ``BaseLogger``. Import it only inside the commands that need it, never at
@@ -35,12 +35,12 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from continual.background import LatestWins
+from continual.tracking.background import LatestWins
 from continual.figures.drawing import save_figure
 from continual.figures.matrices import curves, heatmap
-from continual.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
+from continual.tracking.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
 from continual.system.signals import uninterrupted
-from continual.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
+from continual.tracking.store import (MAX_ERROR_LENGTH, TrackingError, abspath, is_local_path, one_line, run_metadata,
                              source_tags, sqlite_path)
 
 __all__ = ["flatten", "MLflowLogger"]

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from continual.store import TrackingError
+from continual.tracking.store import TrackingError
 
 def ui_url(port: int = 5000, experiment_id: str | None = None, host: str = "127.0.0.1") -> str:
     """A link into MLflow's UI in its model-training view (MLflow 3 opens its GenAI view unless
