@@ -377,7 +377,7 @@ def run_costs(sessions: list[int], echo: Echo, overrides: tuple[str, ...] = (), 
     alternate within each of ``rounds`` rounds (in a rotated order). Per count: the median
     round's times, and the median of its per-round ratios to the first count."""
     from continual.config.load import load_config
-    from continual.runner import run
+    from continual.run.loop import run
 
     measured: dict[int, list[RunCost]] = {t: [] for t in sessions}
     with tempfile.TemporaryDirectory(prefix="continual-bench-") as tmp:

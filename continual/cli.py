@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(str(exc) or "interrupted", file=sys.stderr)
         return exit_status(exc)
     except Exception as exc:  # a tracking server gone, a full disk: one line too
-        from continual.faults import explain
+        from continual.run.faults import explain
 
         message = explain(exc)
         if message is None:
@@ -164,17 +164,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from continual.config.load import load_config
 
     cfg = load_config(*config_and_overrides(args.config, args.overrides))
-    from continual import runner
+    from continual.run import loop
 
-    runner.check_resume_flags(args.resume, args.fresh)
+    loop.check_resume_flags(args.resume, args.fresh)
 
     if args.dry_run:
-        print("\n".join(runner.plan(cfg)))
+        print("\n".join(loop.plan(cfg)))
         print("config valid; nothing trained (--dry-run)")
         return 0
     from continual.system import distributed
 
-    result = runner.run(cfg, progress=not args.no_progress, resume=args.resume, fresh=args.fresh)
+    result = loop.run(cfg, progress=not args.no_progress, resume=args.resume, fresh=args.fresh)
     if distributed.is_main():  # under torchrun: one report, from rank 0
         print()
         print(final_report(result, cfg))
@@ -192,7 +192,7 @@ def final_report(result, cfg) -> str:
                   "columns = session j's test data",
                   "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(R.shape[1]))]
         lines += [f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row) for i, row in enumerate(R)] + [""]
-    from continual.probe_diagnostics import HEADLINE
+    from continual.run.probes import HEADLINE
 
     keys = {k: v for k, v in result.summary.items()
             if not k.startswith(("acc/session_", "i2t/session_", "t2i/session_", "retrieval/", "control/i2t_r5",
@@ -241,7 +241,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from continual.pretrain import base_path, load_pretrain_config, pretrain
+    from continual.run.pretrain import base_path, load_pretrain_config, pretrain
 
     cfg = load_pretrain_config(args.config, args.overrides)
     report = pretrain(cfg)

@@ -120,7 +120,7 @@ def grid(configs: Sequence[str], overrides: Sequence[str], seeds: Optional[Seque
 
 
 def fingerprint(children: Sequence[Child]) -> str:
-    from continual.runner import config_fingerprint
+    from continual.run.loop import config_fingerprint
 
     prints = sorted(config_fingerprint(c.cfg) for c in children)
     return hashlib.blake2b(json.dumps(prints).encode(), digest_size=10).hexdigest()
@@ -149,7 +149,7 @@ class RunChild:
     SLURM job is requeued and the child resumes from its last checkpoint."""
 
     def __call__(self, config: str, overrides: list[str], parent: str, threads: int = 0) -> Outcome:
-        from continual.runner import run
+        from continual.run.loop import run
 
         set_threads(threads)
         name = " ".join([config, *overrides])
@@ -235,7 +235,7 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     from mlflow import MlflowClient
 
     from continual import report
-    from continual.preflight import preflight, tracking_uri
+    from continual.run.preflight import preflight, tracking_uri
     from continual.tracking.store import ensure_store
 
     if executor not in EXECUTORS:
@@ -282,9 +282,9 @@ def _state(client: Any, experiment_id: str, child: Child, group_id: str, output_
     """``to run`` (or to resume), ``finished already``, or ``running elsewhere`` (another process
     holds one of its runs). A run of it that died before its first checkpoint can never be
     resumed: it is deleted, so that every child ends with one run."""
-    from continual.checkpoint import STATE_FILE
+    from continual.run.checkpoint import STATE_FILE
     from continual.system.locks import FileLock
-    from continual.runner import config_fingerprint
+    from continual.run.loop import config_fingerprint
 
     runs = client.search_runs([experiment_id], filter_string=(
         f"tags.config_fingerprint = '{config_fingerprint(child.cfg)}' and tags.`{G.PARENT_TAG}` = '{group_id}'"))

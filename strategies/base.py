@@ -54,7 +54,7 @@ TASK_LOSSES = ("ce", "contrastive")
 def record_term(strategy: Any, name: str, value: torch.Tensor, reported: Optional[torch.Tensor] = None) -> None:
     """Note a loss term as it enters the loss, on strategies that keep them (ClipStrategy; other
     Avalanche strategies ignore it): for the divergence guard and the loss curves. ``reported``:
-    the value to log instead (a distillation's KL; see ``continual.training_curves``)."""
+    the value to log instead (a distillation's KL; see ``continual.run.loss_components``)."""
     if hasattr(strategy, "record_term"):
         strategy.record_term(name, value, reported)
 

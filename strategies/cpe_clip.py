@@ -419,7 +419,7 @@ class CPECLIP(ClipStrategy):
 
     @classmethod
     def check_model(cls, model_name: str, params: CPECLIPParams) -> None:
-        """Before anything is built (``continual.preflight``): refuse towers prompts cannot enter."""
+        """Before anything is built (``continual.run.preflight``): refuse towers prompts cannot enter."""
         problem = config_problem(model_name, params.towers)
         if problem is not None:
             raise UnsupportedTowerError(problem)

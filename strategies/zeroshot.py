@@ -17,7 +17,7 @@ class ZeroShot:
     Params: ClassVar[Optional[type]] = None
     backbone_trainable: ClassVar[Optional[str]] = "none"
     stream_kinds: ClassVar[tuple[str, ...]] = ("classification", "pairs")
-    trains: ClassVar[bool] = False  # train.epochs and batch sizes do not matter (continual.preflight)
+    trains: ClassVar[bool] = False  # train.epochs and batch sizes do not matter (continual.run.preflight)
 
     def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None, context: Any = None,
                  plugins: Sequence[Any] = (), device: str = "cpu", eval_batch_size: int = 256,

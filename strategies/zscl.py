@@ -55,7 +55,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from continual.config.load import check_choice
 from continual.errors import ConfigError
-from continual.evaluation import encode_all
+from continual.run.evaluation import encode_all
 from continual.clip.heads import logit_scale
 from continual.stream import ControlSet
 from strategies.base import ClipStrategy, record_term

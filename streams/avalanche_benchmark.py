@@ -3,7 +3,7 @@
     from continual.registry import STREAMS
     from streams.avalanche_benchmark import avalanche_stream
     STREAMS.add("my-split", avalanche_stream(benchmark, class_names), "my benchmark")
-    # then stream.name=my-split in a config, or continual.runner.run(cfg)
+    # then stream.name=my-split in a config, or continual.run.loop.run(cfg)
 
 Its experiences keep their classes and examples; the images (PIL, or float tensors in [0, 1]
 such as ``ToTensor`` gives) go through the CLIP model's own preprocess, and the runner builds

@@ -34,7 +34,7 @@ def digits_benchmark():
 
 
 def test_benchmark_keeps_its_sessions_and_runs(tmp_path, make_config):
-    from continual.runner import run
+    from continual.run.loop import run
 
     bench = digits_benchmark()
     STREAMS.add("avalanche-digits", avalanche_stream(bench, DIGIT_CLASSES, "avalanche-digits"), "test benchmark")

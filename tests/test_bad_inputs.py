@@ -134,7 +134,7 @@ def test_a_device_this_machine_lacks(capsys, tmp_path):
 def test_experiment_name_limit_is_mlflows():
     from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
 
-    from continual.preflight import MAX_EXPERIMENT_NAME_LENGTH as ours
+    from continual.run.preflight import MAX_EXPERIMENT_NAME_LENGTH as ours
 
     assert ours == MAX_EXPERIMENT_NAME_LENGTH
 
@@ -234,7 +234,7 @@ def test_resume_of_a_finished_run_and_of_checkpoints_that_do_not_fit(capsys, tmp
     from mlflow import MlflowClient
     from safetensors.torch import load_file, save_file
 
-    from continual import checkpoint
+    from continual.run import checkpoint
 
     argv = ["run", "configs/default.yaml", f"output_dir={tmp_path}", *SMALL, "--no-progress"]
     assert main(argv) == 0

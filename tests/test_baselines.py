@@ -1,6 +1,6 @@
 """The baselines of METHODS.md section 4: LwF, WiSE-FT, ZSCL and joint training.
 
-Properties on a toy CLIP model (fast), then short real runs through ``continual.runner.run``
+Properties on a toy CLIP model (fast), then short real runs through ``continual.run.loop.run``
 on the digits experiment of ``make_config`` (all in one MLflow store, to build it once).
 """
 
@@ -19,7 +19,7 @@ from numerics import (gradient_at_rounding, kd_gradient_rounding, probability_di
                       sum_rounding)
 from continual.errors import ConfigError
 from continual.clip.heads import ClipClassifier
-from continual.runner import run
+from continual.run.loop import run
 from continual.stream import ControlSet
 from strategies.joint import Joint
 from strategies.distill import kd as kd_loss

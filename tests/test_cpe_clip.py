@@ -324,7 +324,7 @@ def test_end_to_end_run_trains_prompts_only(tmp_path, make_config, monkeypatch):
     import continual.clip.backbone
     from safetensors.torch import load_file
 
-    from continual.runner import run
+    from continual.run.loop import run
 
     built = {}
     load = continual.clip.backbone.load_backbone

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from continual.config.load import load_config
-from continual.runner import run
+from continual.run.loop import run
 
 
 @pytest.mark.slow

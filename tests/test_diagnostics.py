@@ -21,7 +21,7 @@ import torch
 
 from continual.measure import disorder as D
 from numerics import sum_rounding
-from continual.probe_diagnostics import Probe, ProbeDiagnostics, pair_probe, subsample
+from continual.run.probes import Probe, ProbeDiagnostics, pair_probe, subsample
 
 REL = 1e-9  # relative, for angles that should equal a known non-zero value (see above)
 ZERO_DEG = 1e-8  # absolute degrees, for angles that should be 0 after an SVD
@@ -328,7 +328,7 @@ def diag_history(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
 def test_a_run_logs_the_diagnostics_and_a_resumed_run_logs_the_same(tmp_path, make_config, monkeypatch):
     from mlflow import MlflowClient
 
-    from continual.runner import run
+    from continual.run.loop import run
     from strategies.base import ClipStrategy
 
     whole = run(make_config(tmp_path / "whole"), echo=lambda s: None, progress=False)
@@ -373,7 +373,7 @@ def test_a_run_logs_the_diagnostics_and_a_resumed_run_logs_the_same(tmp_path, ma
 
 
 def test_the_stream_probe_of_a_classification_stream(tmp_path, make_config):
-    from continual.runner import run
+    from continual.run.loop import run
 
     result = run(make_config(tmp_path, "diagnostics.probe=stream", "diagnostics.figures=false", "control.name=null"),
                  echo=lambda s: None, progress=False)

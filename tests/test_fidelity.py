@@ -19,7 +19,7 @@ from torch import nn
 from continual.config.load import load_config, strategy_params
 from continual.errors import ConfigError
 from continual.clip.heads import ClipClassifier
-from continual.runner import plan
+from continual.run.loop import plan
 from streams.pairs import caption_pairs_stream
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -149,18 +149,18 @@ def test_phases_are_scored_on_the_whole_test_split_and_val_images_train_when_ask
 def test_after_every_phase_the_retrieval_gallery_is_the_whole_test_split(tmp_path, monkeypatch):
     """A real run (tiny open_clip model, real PNGs, MLflow): the runner scores each phase on all
     test images of the source, whatever slice trained."""
-    import continual.evaluation
-    from continual.runner import run
+    import continual.run.evaluation
+    from continual.run.loop import run
 
     manifest = karpathy(tmp_path, {"train": 12, "test": 6})
     galleries = []
-    retrieval = continual.evaluation.retrieval
+    retrieval = continual.run.evaluation.retrieval
 
     def spy(model, pairs, batch_size=256):
         galleries.append(sorted(image_id(k) for k in pairs.keys))
         return retrieval(model, pairs, batch_size)
 
-    monkeypatch.setattr(continual.evaluation, "retrieval", spy)
+    monkeypatch.setattr(continual.run.evaluation, "retrieval", spy)
     cfg = pairs_config(tmp_path, manifest, "stream.n_sessions=2", "stream.sampling=image", "stream.test_by=source",
                        "model.name=tiny-vit", "model.pretrained=null", "model.trainable=all", "control.name=null",
                        "strategy.name=modx", "train.epochs=1", "train.batch_size=4", "train.drop_last=true",
@@ -186,7 +186,7 @@ def test_modx_protocol_plan_without_the_data():
 
 def test_the_coco_recipe_is_the_authors_and_its_model_has_a_6_layer_text_transformer():
     from continual.clip.backbone import create_model
-    from continual.pretrain import BASES, load_pretrain_config
+    from continual.run.pretrain import BASES, load_pretrain_config
 
     assert load_pretrain_config(str(CONFIGS / "pretrain-modx-coco.yaml")) == BASES["modx-coco"]
     recipe = BASES["modx-coco"]
@@ -202,7 +202,7 @@ def test_pretrain_on_a_karpathy_manifest_holds_its_test_split_out(tmp_path, monk
     warm-up), reporting retrieval on its test split, which the base records as held out."""
     from safetensors import safe_open
 
-    from continual.pretrain import PretrainConfig, base_path, pretrain
+    from continual.run.pretrain import PretrainConfig, base_path, pretrain
 
     monkeypatch.setenv("CONTINUAL_CACHE", str(tmp_path / "cache"))
     manifest = karpathy(tmp_path, {"train": 16, "val": 2, "test": 4})
@@ -352,7 +352,7 @@ def test_augmentation_is_the_training_transform_of_training_images_only():
 
 
 def test_augmentation_with_cached_trunk_features_says_so_in_one_line_before_training(tmp_path, make_config):
-    from continual.runner import run
+    from continual.run.loop import run
 
     lines = []
     run(make_config(tmp_path, "stream.augment=true", "control.name=null", "train.epochs=1"), echo=lines.append,

@@ -189,7 +189,7 @@ def test_params_are_validated():
 def test_short_run_through_the_runner(tmp_path, make_config, monkeypatch):
     from mlflow import MlflowClient
 
-    from continual.runner import run
+    from continual.run.loop import run
 
     seen = []
     original = ModXPlugin.before_backward

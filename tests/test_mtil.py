@@ -52,7 +52,7 @@ def order_config(name: str, tmp_path: Path, *overrides: str):
 @pytest.mark.parametrize("config, order", [("mtil-order1.yaml", PUBLISHED_ORDER_I),
                                            ("mtil-order2.yaml", PUBLISHED_ORDER_II)])
 def test_order_configs_plan_the_11_datasets_in_the_published_order(tmp_path, config, order) -> None:
-    from continual.runner import plan
+    from continual.run.loop import plan
 
     cfg = order_config(config, tmp_path)
     assert list(cfg.stream.datasets) == order
@@ -217,7 +217,7 @@ def test_offline_mtil_runs_end_to_end_and_logs_its_matrices(tmp_path, strategy) 
     import numpy as np
     from mlflow import MlflowClient
 
-    from continual.runner import run
+    from continual.run.loop import run
 
     cfg = load_config(CONFIGS / "mtil-offline.yaml", [f"output_dir={tmp_path}", f"strategy.name={strategy}",
                                                       "train.iterations=10", "train.warmup_steps=1"])

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from continual.config.load import load_config
-from continual.evaluation import retrieval
+from continual.run.evaluation import retrieval
 from continual.stream import PairSet
 from streams.pairs import caption_pairs_stream
 
@@ -156,7 +156,7 @@ def test_retrieval_with_several_captions_per_image_hand_computed():
 def test_offline_pairs_run_logs_retrieval_matrices(tmp_path, strategy):
     from mlflow import MlflowClient
 
-    from continual.runner import run
+    from continual.run.loop import run
 
     cfg = load_config("configs/pairs-offline.yaml", [
         f"output_dir={tmp_path}", f"strategy.name={strategy}", "train.epochs=3", "stream.n_sessions=2"])

@@ -8,7 +8,7 @@ import pytest
 from safetensors import safe_open
 
 from continual.errors import ConfigError, UserError
-from continual.pretrain import PretrainConfig, base_path, load_pretrain_config, pretrain, resolve_base
+from continual.run.pretrain import PretrainConfig, base_path, load_pretrain_config, pretrain, resolve_base
 
 
 def test_a_small_lit_base_learns_to_retrieve_unseen_concepts(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_unknown_base_and_bad_recipe_keys():
 
 
 def test_control_data_must_be_held_out_of_the_base():
-    from continual.runner import _check_control_unseen
+    from continual.run.loop import _check_control_unseen
     from continual.stream import ControlSet
 
     control = ControlSet("c", None, None, None, keys=["a", "b"])

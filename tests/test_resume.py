@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from continual import checkpoint
+from continual.run import checkpoint
 
 
 def command(out: Path) -> list[str]:
@@ -104,7 +104,7 @@ def test_restore_puts_weights_and_random_state_back(tmp_path):
 def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, make_config):
     import torch
 
-    from continual.runner import run
+    from continual.run.loop import run
     from strategies.base import ClipStrategy, NonFiniteLossError
 
     criterion = ClipStrategy.criterion

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from continual.runner import run
+from continual.run.loop import run
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from continual.runner import plan, run
+from continual.run.loop import plan, run
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ def test_submitit_local_executor_runs_a_two_child_sweep(tmp_path):
 
 
 def test_a_failing_child_fails_alone_and_the_table_counts_it(tmp_path, monkeypatch):
-    from continual import runner
+    from continual.run import loop as runner
 
     evaluate = runner.evaluate_row
 

@@ -268,7 +268,7 @@ def test_teacher_previous_is_refreshed_initial_is_kept_and_only_one_copy_lives(t
 def test_short_run_through_the_runner_computes_the_vocabulary_once_per_session(tmp_path, make_config, monkeypatch):
     from mlflow import MlflowClient
 
-    from continual.runner import run
+    from continual.run.loop import run
 
     calls = []
     cls = open_clip.CustomTextCLIP  # the LiT composite's class

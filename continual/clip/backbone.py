@@ -268,7 +268,7 @@ def load_backbone(name: str, pretrained: str, trainable: str, train_logit_scale:
     check_source(name, pretrained)
     if pretrained.startswith("base:"):
         if resolve_base is None:
-            raise UserError(f"model.pretrained: {pretrained} needs a base resolver (use continual.runner)")
+            raise UserError(f"model.pretrained: {pretrained} needs a base resolver (use continual.run.loop)")
         path = resolve_base(pretrained.removeprefix("base:"))
         model, preprocess, tokenizer = create_model(name)
         base_meta = load_weights(model, path)

@@ -1,4 +1,4 @@
-"""Figures of the spatial-disorder diagnostics (:mod:`continual.probe_diagnostics`): the angle
+"""Figures of the spatial-disorder diagnostics (:mod:`continual.run.probes`): the angle
 distributions per session, and a 2-D view of a few probe items before and after.
 
 Drawn in the drawing process (:mod:`continual.figures.drawing`): numpy and matplotlib only, no torch."""

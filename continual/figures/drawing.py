@@ -12,7 +12,7 @@ function and plain data (numpy arrays, numbers, strings).
 
 A child is a fresh interpreter (``python -m continual.figures.drawing``), not a multiprocessing spawn,
 which would first re-run the parent's main script: a researcher's script that calls
-``continual.runner.run`` at top level would start its own run again. It runs at a lower priority
+``continual.run.loop.run`` at top level would start its own run again. It runs at a lower priority
 (nice 10: where training needs every core, training goes first); it talks over a socket pair;
 it ignores Ctrl-C and SIGTERM (the parent decides when a run ends, and waits for the figure being
 drawn), and it exits when the parent is gone, however the parent ended: its end of the socket

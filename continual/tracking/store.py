@@ -40,7 +40,7 @@ _PACKAGES = {  # run_metadata key -> distribution name on PyPI
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 # urllib3 warns at every retry of a request to a tracking server that stopped answering; the run
-# ends with one line that says so (continual.faults).
+# ends with one line that says so (continual.run.faults).
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 # A tracking server that stops answering: MLflow's client retries 7 times with a backoff factor

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from continual import checkpoint
+from continual.run import checkpoint
 from continual.errors import UserError
 from continual.system.signals import signal_name
 from continual.tracking.store import TrackingError

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from continual import checkpoint, faults
+from continual.run import checkpoint
+from continual.run import faults
 from continual.tracking import labels as run_info
 from continual.config import fidelity
 from continual.system import distributed
@@ -36,8 +37,8 @@ from continual.config.load import to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError
 from continual.system.locks import RunLock
-from continual.preflight import preflight, task_loss, tracking_uri
-from continual.probe_diagnostics import ProbeDiagnostics, plan_line
+from continual.run.preflight import preflight, task_loss, tracking_uri
+from continual.run.probes import ProbeDiagnostics, plan_line
 from continual.registry import CONTROLS
 from continual.system.signals import sigterm_as_interrupt
 
@@ -115,10 +116,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     from continual.clip.backbone import load_backbone
     from continual.clip.features import image_inputs, text_inputs
     from continual.clip.heads import ClipClassifier, per_class, prompts
-    from continual.pretrain import resolve_base
+    from continual.run.pretrain import resolve_base
     from continual.tracking.store import default_artifact_root, ensure_store
     from continual.tracking.logger import MLflowLogger
-    from continual.training_curves import training_curves
+    from continual.run.loss_components import training_curves
 
     # Everything that can be wrong with the input fails here, before any model is built.
     seed_everything(cfg.seed)
@@ -187,7 +188,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     try:
         plugins = []
         if progress:
-            from continual.progress import ProgressBar
+            from continual.run.progress import ProgressBar
             plugins.append(ProgressBar())
         seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
         context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
@@ -260,7 +261,7 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                 matrices[name][i] = row.pop(name)
             record.update(row)  # per-session retrieval details (image-text), per-class accuracy (classification)
             if control is not None:
-                from continual.evaluation import retrieval
+                from continual.run.evaluation import retrieval
                 control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
             record["eval_seconds"] = time.perf_counter() - start
             if diagnostics is not None:  # spatial disorder since row 0 and since the row before,
@@ -380,7 +381,7 @@ def evaluate_row(classifier: Any, stream: Any, cfg: DictConfig, seen: int) -> di
     matrix (``MATRICES[stream.kind]``), as arrays over sessions; image-text streams add each
     session's full retrieval metrics under ``retrieval``, classification streams each class's
     accuracy under ``per_class``."""
-    from continual.evaluation import class_counts, retrieval
+    from continual.run.evaluation import class_counts, retrieval
 
     if stream.kind == "pairs":
         scores = [retrieval(classifier.model, test, cfg.eval.batch_size) for test in stream.tests]

@@ -117,7 +117,7 @@ def check_model_source(name: str, pretrained: str) -> None:
     """The model name, and the weights' file or base name (their contents are read when the model
     is built)."""
     from continual.clip.backbone import check_source
-    from continual.pretrain import check_base
+    from continual.run.pretrain import check_base
 
     check_source(name, pretrained)
     if pretrained.startswith("base:"):

@@ -137,7 +137,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print) -> dict:
     import open_clip
     from continual.clip.backbone import load_backbone
     from continual.config.schema import ControlConfig, StreamConfig
-    from continual.evaluation import accuracy, retrieval
+    from continual.run.evaluation import accuracy, retrieval
     from continual.clip.features import image_inputs, text_inputs
     from continual.clip.heads import ClipClassifier, prompts
     from continual.registry import CONTROLS, STREAMS

@@ -172,7 +172,7 @@ class ProbeDiagnostics:
                    d.view_items, f"{cfg.strategy.name} on {cfg.stream.name}")
 
     def encode(self, model: torch.nn.Module) -> D.ProbeFeatures:
-        from continual.evaluation import pair_features  # imports the model code: not at CLI start-up
+        from continual.run.evaluation import pair_features  # imports the model code: not at CLI start-up
 
         images, texts = pair_features(model, self.probe.image_inputs, self.probe.text_inputs, self.batch_size)
         return D.ProbeFeatures(images.cpu(), texts.cpu(), self.probe.pair_image, self.probe.pair_text)
