@@ -205,7 +205,7 @@ def final_report(result, cfg) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from continual.sweep import parse_seeds, sweep
+    from continual.compare.sweep import parse_seeds, sweep
 
     configs = [a for a in args.configs if "=" not in a]
     overrides = [a for a in args.configs if "=" in a]
@@ -231,7 +231,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from continual.report import from_store
+    from continual.compare.report import from_store
     from continual.tracking.store import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.output_dir)

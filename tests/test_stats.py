@@ -9,8 +9,8 @@ import math
 import pytest
 
 from continual.measure import stats
-from continual.groups import RunRecord, group
-from continual.report import CLASS_INCREMENTAL, Table
+from continual.compare.groups import RunRecord, group
+from continual.compare.report import CLASS_INCREMENTAL, Table
 
 # Student's t quantile t_{0.975, 2}, closed form for 2 degrees of freedom:
 # t_{p,2} = (2p - 1) sqrt(2 / (4 p (1 - p)))
@@ -110,7 +110,7 @@ def test_csv_and_latex_carry_the_same_numbers(table):
 def test_diagnostics_are_described_not_ranked():
     """A rotation in degrees is not a score: the table names it with its unit, tests it against
     the baseline like any metric, and marks no best."""
-    from continual.report import column_for
+    from continual.compare.report import column_for
 
     fine = runs("finetune", {s: {"diag/image/rotation_mean_deg": 50.0 + s} for s in range(5)})
     modx = runs("modx", {s: {"diag/image/rotation_mean_deg": 60.0 + s + 0.1 * (-1) ** s} for s in range(5)})
@@ -128,7 +128,7 @@ def test_the_title_counts_the_runs_sessions_not_the_unused_key():
     """A multi-domain stream has one session per dataset, whatever stream.n_sessions says."""
     from dataclasses import replace
 
-    from continual.report import title_of
+    from continual.compare.report import title_of
 
     domains = [replace(r, sessions=4) for r in runs("finetune", {0: {}, 1: {}}, **{"stream.n_sessions": "5"})]
     assert title_of(group(domains)).startswith("digits, 4 sessions: 1 group, seeds 0, 1")

@@ -17,10 +17,10 @@ from mlflow import MlflowClient
 
 from conftest import small_overrides
 from continual.errors import ConfigError
-from continual.groups import PARENT_TAG, ROLE_TAG
-from continual.report import from_store
+from continual.compare.groups import PARENT_TAG, ROLE_TAG
+from continual.compare.report import from_store
 from continual.tracking.store import default_tracking_uri
-from continual.sweep import grid, parse_seeds, split_values, sweep
+from continual.compare.sweep import grid, parse_seeds, split_values, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_a_preempted_slurm_child_is_requeued_and_resumes(tmp_path):
     requeues the same call, which resumes the run from its last finished session."""
     import submitit
 
-    from continual.sweep import RunChild
+    from continual.compare.sweep import RunChild
 
     overrides = small_overrides(tmp_path) + ["train.epochs=30", "seed=0"]  # long enough to be caught mid-run
     sweep(["default"], small_overrides(tmp_path), [5], echo=quiet)  # makes the store, a parent and a group run

@@ -8,7 +8,7 @@ run; under it, one run per group (a config and override values: the seeds of one
 the group's mean, std and n over seeds of every summary metric after every session, and under
 each group its seed runs. So MLflow's charts, with the sweep expanded, draw one curve per group,
 and each group expands to its seeds. The parent holds the comparison table (Markdown, CSV,
-LaTeX: :mod:`continual.report`) and the figures.
+LaTeX: :mod:`continual.compare.report`) and the figures.
 
 The same command again skips finished children and resumes unfinished ones (from their last
 checkpoint, in the same MLflow run); a failing child fails alone (its run FAILED) and the table
@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from continual import groups as G
+from continual.compare import groups as G
 from continual.config.load import load_config, to_dict
 from continual.errors import ConfigError, UserError
 from continual.tracking.params import as_params
@@ -220,7 +220,7 @@ def execute(todo: list[tuple[Child, str]], jobs: int, executor: str, folder: Pat
 class SweepResult:
     parent_id: str
     tracking_uri: str
-    table: Any  # continual.report.Table
+    table: Any  # continual.compare.report.Table
     outcomes: list[Outcome]
 
 
@@ -234,7 +234,7 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     tested against (None: finetune, where the grid has it)."""
     from mlflow import MlflowClient
 
-    from continual import report
+    from continual.compare import report
     from continual.run.preflight import preflight, tracking_uri
     from continual.tracking.store import ensure_store
 

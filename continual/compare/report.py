@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from continual.measure import stats
 from continual.errors import UserError
-from continual.groups import Group, find_group
+from continual.compare.groups import Group, find_group
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ def from_store(target: str, tracking_uri: str, baseline: Optional[str] = None,
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from continual import groups as G
+    from continual.compare import groups as G
 
     client = MlflowClient(tracking_uri)
     within = None
