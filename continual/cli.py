@@ -298,7 +298,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from continual.bench import bench
+    from continual.bench.costs import bench
 
     def numbers(text: str) -> list[int]:
         try:

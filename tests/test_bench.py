@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from continual.bench import RunCost, bench, report, run_costs
+from continual.bench.costs import RunCost, bench, report, run_costs
 
 
 def test_bench_prints_every_ratio_for_a_model():
@@ -37,7 +37,7 @@ def test_report_of_run_costs_is_relative_to_the_fewest_sessions():
 
 
 def test_trunk_features_are_measured_against_a_bare_loop():
-    from continual.bench_features import bench_features, report_lines
+    from continual.bench.features import bench_features, report_lines
 
     result = bench_features(lambda _: None, rounds=1, per_class=2, pairs_every=300)
     text = "\n".join(report_lines(result, {"base built": 50.0, "data ready": 70.0, "first training step": 80.0}))

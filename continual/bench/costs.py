@@ -472,8 +472,8 @@ def bench(models: list[str], device: str = "cpu", precision: str = "fp32", sessi
     """Measure every model of ``models`` and the session scaling; return the report. ``threads``:
     torch's intra-op threads on the CPU (0 = torch's default). ``features``: frozen-trunk
     features against a bare loop; ``first_run``: a first run's time to training, empty cache
-    (see :mod:`continual.bench_features`)."""
-    from continual import bench_features
+    (see :mod:`continual.bench.features`)."""
+    from continual.bench import features as bench_features
     import warnings
 
     warnings.filterwarnings("ignore", message="no QP solver")

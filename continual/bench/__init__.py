@@ -1,0 +1,1 @@
+"""continual bench: training cost as ratios measured in one process."""
