@@ -63,7 +63,9 @@ def test_unknown_strategy_and_stream_list_the_choices():
 
 
 def test_strategy_params_are_checked_against_the_strategy():
-    cfg = load_config(None, ["strategy.lam=5"])
+    assert "takes no parameters" in one_line_error("strategy.lam=5")  # finetune: checked when loaded
+    cfg = load_config(None, [])
+    cfg.strategy.lam = 5
     with pytest.raises(ConfigError, match="takes no parameters"):
         strategy_params(cfg, None)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import sys
 from pathlib import Path
 from typing import Any, List, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
 from continual.config import shipped
@@ -28,33 +29,86 @@ from continual.errors import ConfigError, first_line
 from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
 
+INHERIT = "inherit"  # a config's key naming the config it builds on (a shared recipe)
+
+
 def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfig:
-    """Schema <- YAML file <- dotted overrides, validated. Raises a one-line ConfigError."""
-    schema = OmegaConf.structured(ExperimentConfig)
-    layers = [schema]
-    if path is not None:
-        path = shipped.resolve(path)
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml errors are multi-line: keep the first line
-            raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: the top level is a list; a config is a mapping of sections "
-                              "(model:, stream:, train:, ...), as in configs/default.yaml")
-        if not loaded:  # a run of the schema's defaults is never what an empty file meant
-            raise ConfigError(f"{path} is empty (it sets nothing); give a config such as configs/default.yaml")
-        layers.append(loaded)
+    """Schema <- YAML file (on the configs it inherits) <- dotted overrides, validated, with the
+    strategy's parameters resolved (defaults and presets filled in). Raises a one-line ConfigError.
+
+    ``strategy.name=OTHER`` on a config of another method runs OTHER with the same recipe: the
+    file's own method parameters are set aside (one line on stderr says which); parameters given
+    on the command line are kept and checked against OTHER's."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        given = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise _explain(exc) from None
+    layers = [OmegaConf.structured(ExperimentConfig)]
+    if path is not None:
+        loaded = _read_with_recipe(shipped.resolve(path), seen=())
+        layers.append(_set_aside_other_method(loaded, given))
+    try:
+        layers.append(given)
         cfg = OmegaConf.merge(*layers)
         OmegaConf.to_container(cfg, resolve=True)  # every ${...} interpolation resolves
     except OmegaConfBaseException as exc:
         raise _explain(exc) from None
     validate(cfg)
+    resolve_strategy(cfg)
     return cfg
+
+
+def _read(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors are multi-line: keep the first line
+        raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: the top level is a list; a config is a mapping of sections "
+                          "(model:, stream:, train:, ...), as in configs/default.yaml")
+    if not loaded:  # a run of the schema's defaults is never what an empty file meant
+        raise ConfigError(f"{path} is empty (it sets nothing); give a config such as configs/default.yaml")
+    return loaded
+
+
+def _read_with_recipe(path: Path, seen: tuple[Path, ...]) -> DictConfig:
+    """The file merged onto the config it inherits (``inherit: NAME_OR_PATH``: a file beside it, a
+    path, or a shipped config), recursively; the ``inherit`` key itself is consumed here."""
+    if path.resolve() in seen:
+        chain = " -> ".join(p.name for p in (*seen, path.resolve()))
+        raise ConfigError(f"{path}: inherit makes a cycle ({chain}); a config must build on a config that does not "
+                          "build on it")
+    loaded = _read(path)
+    parent = loaded.pop(INHERIT, None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: inherit must name one config (a shipped name or a YAML path), got {parent!r}")
+    beside = path.parent / (parent if parent.endswith(".yaml") else f"{parent}.yaml")
+    base = _read_with_recipe(beside if beside.is_file() else shipped.resolve(parent), (*seen, path.resolve()))
+    return OmegaConf.merge(base, loaded)
+
+
+def _set_aside_other_method(loaded: DictConfig, given: DictConfig) -> DictConfig:
+    """With ``strategy.name`` overridden to another method, drop the file's own method
+    parameters (those of its method, which the other one may not take), keeping ``preset`` and
+    whatever the command line sets. Says on stderr what was set aside."""
+    section = loaded.get("strategy")
+    new_name = OmegaConf.select(given, "strategy.name")
+    if not isinstance(section, DictConfig) or new_name is None or new_name == section.get("name"):
+        return loaded
+    asked = set(given.strategy.keys())
+    aside = [k for k in section if k not in ("name", "preset") and k not in asked]
+    if aside:
+        print(f"note: strategy.name={new_name} replaces '{section.get('name')}' with the same recipe; its parameters "
+              f"{', '.join(aside)} are set aside ({new_name} takes its own defaults; strategy.KEY=VALUE sets one)",
+              file=sys.stderr)
+    loaded = loaded.copy()
+    loaded.strategy = {k: v for k, v in section.items() if k not in aside}
+    return loaded
 
 
 def validate(cfg: DictConfig) -> None:
@@ -140,6 +194,24 @@ def strategy_params(cfg: DictConfig, params_cls: type | None) -> Any:
     except OmegaConfBaseException as exc:
         raise _explain(exc, prefix="strategy.", allowed=[f.name for f in dataclasses.fields(params_cls)]) from None
     return OmegaConf.to_object(merged)
+
+
+def resolve_strategy(cfg: DictConfig) -> None:
+    """Write the strategy's validated parameters (defaults and preset included) into
+    ``cfg.strategy``, so that every run logs, groups and fingerprints by the values it uses:
+    a run with ``lam`` unset and one with ``lam=1.0`` are the same run."""
+    params = strategy_params(cfg, params_class(str(cfg.strategy.name)))
+    if params is not None:
+        resolved = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+        with open_dict(cfg):
+            cfg.strategy = {"name": cfg.strategy.name, **({"preset": cfg.strategy.preset}
+                                                           if cfg.strategy.get("preset") is not None else {}),
+                            **resolved}
+
+
+def params_class(strategy: str) -> type | None:
+    """The strategy's ``Params`` dataclass (None for a method without parameters)."""
+    return getattr(STRATEGIES.get(strategy, "strategy.name"), "Params", None)
 
 
 def to_yaml(cfg: DictConfig) -> str:
