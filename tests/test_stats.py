@@ -133,3 +133,74 @@ def test_the_title_counts_the_runs_sessions_not_the_unused_key():
     domains = [replace(r, sessions=4) for r in runs("finetune", {0: {}, 1: {}}, **{"stream.n_sessions": "5"})]
     assert title_of(group(domains)).startswith("digits, 4 sessions: 1 group, seeds 0, 1")
     assert title_of(group(runs("finetune", {0: {}}))).startswith("digits, 2 sessions")  # older runs: the key
+
+
+def test_holm_matches_the_step_down_definition_and_keeps_nans():
+    from continual.measure.stats import holm
+
+    # m = 4 finite p-values: sorted 0.01, 0.02, 0.03, 0.04 -> 4x, 3x, 2x, 1x with the running max
+    assert holm([0.03, 0.01, math.nan, 0.04, 0.02]) == pytest.approx([0.06, 0.04, math.nan, 0.06, 0.06], nan_ok=True)
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.001]) == [0.001]  # one test: nothing to correct
+    # never below the raw p, and monotone in it
+    raw = [0.2, 0.004, 0.03, 0.011, 0.5, 0.0007]
+    adj = holm(raw)
+    assert all(a >= p for a, p in zip(adj, raw))
+    order = sorted(range(len(raw)), key=raw.__getitem__)
+    assert all(adj[order[i]] <= adj[order[i + 1]] for i in range(len(raw) - 1))
+
+
+def test_a_table_corrects_its_comparisons_with_holm():
+    """Eight methods each ahead of the baseline by a little on every metric: some raw p-values pass
+    0.05, but with 8 x 2 comparisons in the table, none does once adjusted (and none is starred)."""
+    noise = [0.0, 1.3, -0.7, 2.1, -1.6]
+    fine = runs("finetune", {s: {"cl/avg_acc": 50.0 + noise[s], "cl/forgetting": 40.0 + noise[s]} for s in range(5)})
+    others = []
+    for i in range(8):
+        shift = [0.9, 0.5, 1.4, 0.2, 1.1]  # a small, noisy gain: raw p about 0.02
+        others += runs(f"m{i}", {s: {"cl/avg_acc": 50.0 + noise[s] + shift[(s + i) % 5],
+                                     "cl/forgetting": 40.0 + noise[s] - shift[(s + i) % 5]} for s in range(5)})
+    columns = [c for c in CLASS_INCREMENTAL if c.metric in ("cl/avg_acc", "cl/forgetting")]
+    t = Table(group(fine + others), columns, "finetune")
+    cells = [cell for cell in t.cells.values() if cell.versus is not None]
+    assert len(cells) == 16 and t.comparisons == 16
+    assert all(c.versus.p_t < 0.05 for c in cells)  # every raw test passes ...
+    assert not any(c.significant for c in cells)  # ... none survives the correction
+    smallest = min(cells, key=lambda c: c.versus.p_t)
+    assert smallest.p_holm == pytest.approx(16 * smallest.versus.p_t, rel=1e-12)
+    assert all(c.p_holm >= c.versus.p_t for c in cells)
+    md = t.markdown()
+    assert "Holm-adjusted over the table's 16 comparisons" in md and ", adj. " in md
+    assert not any("*" in line for line in md.splitlines() if line.startswith("| m"))
+
+
+def test_bwt_is_shown_but_not_ranked_beside_forgetting():
+    fine = runs("finetune", {s: {"cl/forgetting": 90.0 + s, "cl/bwt": -90.0 - s} for s in range(5)})
+    zscl = runs("zscl", {s: {"cl/forgetting": 40.0 + 2 * s, "cl/bwt": -40.0 - 2 * s} for s in range(5)})
+    columns = [c for c in CLASS_INCREMENTAL if c.metric in ("cl/forgetting", "cl/bwt")]
+    t = Table(group(fine + zscl), columns, "finetune")
+    bold = [c for c in t.cells.values() if c.marked]
+    assert len(bold) == 1 and bold[0] is t.cells[next(g.key for g in t.groups if g.label == "zscl"), "cl/forgetting"]
+    assert "BWT repeats forgetting and is not ranked" in t.markdown()
+
+
+def test_each_row_meets_the_baseline_of_its_own_recipe_and_a_mismatch_is_marked():
+    """A sweep of train.lr over fine-tuning and a method pairs each method group with fine-tuning at
+    the same lr; a group whose recipe no baseline shares is compared with the closest and marked."""
+    values = lambda base: {s: {"cl/forgetting": base + s} for s in range(3)}  # noqa: E731
+    groups = group(runs("finetune", values(90), **{"train.lr": "0.001"}) + runs("finetune", values(80), **{"train.lr": "0.0001"})
+                   + runs("vrlwf", values(70), **{"train.lr": "0.001"}) + runs("vrlwf", values(60), **{"train.lr": "0.0001"})
+                   + runs("modx", values(50), **{"train.lr": "0.001", "train.label_smoothing": "0.0"}))
+    columns = [c for c in CLASS_INCREMENTAL if c.metric == "cl/forgetting"]
+    t = Table(groups, columns, "finetune")
+    by_label = {g.label: g for g in t.groups}
+    assert t.against[by_label["vrlwf train.lr=0.001"].key].label == "finetune train.lr=0.001"
+    assert t.against[by_label["vrlwf train.lr=0.0001"].key].label == "finetune train.lr=0.0001"
+    for lr in ("0.001", "0.0001"):  # every matched pair differs by 20 points on every seed
+        assert t.cells[by_label[f"vrlwf train.lr={lr}"].key, "cl/forgetting"].versus.diff == pytest.approx(-20.0)
+    modx = by_label["modx"]
+    assert t.against[modx.key].label == "finetune train.lr=0.001"
+    assert t.differs[modx.key] == ["train.label_smoothing=0.0 (baseline: -)"]
+    md = t.markdown()
+    assert "| modx † |" in md and "- modx: train.label_smoothing=0.0 (baseline: -)" in md
+    assert "column baseline" in md and "| finetune train.lr=0.001 |" in md.split("Against")[1]

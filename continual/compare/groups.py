@@ -152,14 +152,36 @@ def label_groups(groups: list[Group]) -> None:
             g.label = " ".join([strategy] + [f"{k}={p.get(k, '-')}" for k in differing])
 
 
-def find_group(groups: list[Group], name: str) -> Group:
-    """The group labelled ``name``, or the only group of strategy ``name``."""
-    exact = [g for g in groups if g.label == name] or [g for g in groups if g.strategy == name]
-    if len(exact) != 1:
+def recipe(g: Group) -> dict[str, str]:
+    """What a group's runs share beyond the method: their params less the seed, the bookkeeping
+    keys and the strategy's own (``strategy.*``)."""
+    params = (g.runs or g.failed)[0].params
+    return {k: v for k, v in params.items() if k not in BOOKKEEPING and not k.startswith(BOOKKEEPING_PREFIXES)
+            and not k.startswith("strategy.")}
+
+
+def recipe_differences(g: Group, baseline: Group) -> list[str]:
+    """The keys in which ``g`` trains or is scored otherwise than ``baseline``, besides the method:
+    ``key=value (baseline: value)``; empty for a matched comparison."""
+    mine, theirs = recipe(g), recipe(baseline)
+    return [f"{k}={mine.get(k, '-')} (baseline: {theirs.get(k, '-')})"
+            for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+
+
+def baselines(groups: list[Group], name: str) -> list[Group]:
+    """The groups that ``name`` names as the baseline: the one labelled so, else every group of
+    that strategy (several where a sweep varies a key of the recipe, e.g. train.lr)."""
+    found = [g for g in groups if g.label == name] or [g for g in groups if g.strategy == name]
+    if not found:
         labels = ", ".join(g.label for g in groups)
-        raise UserError(f"baseline '{name}' names {'no' if not exact else 'more than one'} group; the groups are: {labels}"
-                        f"; give --baseline one of them")
-    return exact[0]
+        raise UserError(f"baseline '{name}' names no group; the groups are: {labels}; give --baseline one of them")
+    return found
+
+
+def matched_baseline(g: Group, candidates: list[Group]) -> Group:
+    """The baseline group that trains with ``g``'s recipe, else the one that differs from it in the
+    fewest keys (the table then says in which)."""
+    return min(candidates, key=lambda b: len(recipe_differences(g, b)))
 
 
 # -- per-session aggregates ------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 from continual.measure import stats
 from continual.errors import UserError
-from continual.compare.groups import Group, find_group
+from continual.compare import groups as G
+from continual.compare.groups import Group
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ class Column:
     @property
     def title(self) -> str:
         return f"{self.header} ({self.unit})" if self.unit else self.header
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The values the metric can take (a mean's interval beyond them is marked)."""
+        return UNIT_BOUNDS.get(self.unit, (-math.inf, math.inf))
+
+
+UNIT_BOUNDS = {"%": (0.0, 100.0), "pts": (-100.0, 100.0), "x": (0.0, math.inf), "deg": (0.0, 180.0),
+               "share": (0.0, 1.0)}
+# BWT is forgetting's other face (both drop from earlier accuracies): it is shown, never ranked twice
+REPEATS = {"cl/bwt": "cl/forgetting"}
 
 
 CLASS_INCREMENTAL = [
@@ -95,13 +107,24 @@ def column_for(metric: str) -> Column:
 @dataclass
 class Cell:
     summary: stats.Summary
-    versus: Optional[stats.Paired]  # against the baseline (None for the baseline itself)
+    versus: Optional[stats.Paired]  # against the row's baseline (None for a baseline itself)
     best: bool = False  # the column's best mean
-    marked: bool = False  # ... and significantly better than the runner-up
+    marked: bool = False  # ... and significantly better than the runner-up (Holm-adjusted p)
+    p_holm: float = math.nan  # versus's t-test p, Holm-adjusted over every comparison of the table
+
+    @property
+    def significant(self) -> bool:
+        """Different from the baseline, with the table's comparisons corrected (Holm)."""
+        return self.p_holm < stats.ALPHA
 
 
 class Table:
-    """Groups x columns of :class:`Cell`, against ``baseline`` (a group label or strategy)."""
+    """Groups x columns of :class:`Cell`, each group against ``baseline`` (a group label or a
+    strategy). Where a sweep varies a key of the recipe (train.lr=1e-3,1e-4), the baseline is
+    several groups and each row is paired with the one of its own recipe; a row that differs
+    from its baseline in more than the method is compared all the same, and marked with the keys
+    that differ. Every p-value against the baseline is Holm-adjusted over the whole table, and
+    so are the best-versus-runner-up tests that decide the bold."""
 
     def __init__(self, groups: Sequence[Group], columns: Sequence[Column], baseline: Optional[str] = "finetune",
                  title: str = "") -> None:
@@ -110,29 +133,43 @@ class Table:
             raise UserError("no finished runs to report; run them first (continual run / continual sweep)")
         self.columns = list(columns)
         self.title = title
-        self.baseline = find_group(self.groups, baseline) if baseline else None
+        self.baselines = G.baselines(self.groups, baseline) if baseline else []
+        self.baseline = self.baselines[0] if len(self.baselines) == 1 else None
+        self.against = {g.key: G.matched_baseline(g, self.baselines) for g in self.groups
+                        if self.baselines and g not in self.baselines}
+        self.differs = {key: G.recipe_differences(next(g for g in self.groups if g.key == key), base)
+                        for key, base in self.against.items()}
         self.cells: dict[tuple[str, str], Cell] = {}
         for c in self.columns:
             for g in self.groups:
-                versus = None
-                if self.baseline is not None and g is not self.baseline:
-                    versus = stats.paired(g.values(c.metric), self.baseline.values(c.metric))
+                base = self.against.get(g.key)
+                versus = stats.paired(g.values(c.metric), base.values(c.metric)) if base is not None else None
                 self.cells[g.key, c.metric] = Cell(g.summary(c.metric), versus)
-            self._mark_best(c)
+        compared = [cell for cell in self.cells.values() if cell.versus is not None]
+        for cell, p in zip(compared, stats.holm([cell.versus.p_t for cell in compared])):
+            cell.p_holm = p
+        self.comparisons = sum(math.isfinite(cell.p_holm) for cell in compared)
+        self._mark_best()
 
-    def _mark_best(self, c: Column) -> None:
-        if c.higher_is_better is None:
-            return
-        ranked = sorted((g for g in self.groups if self.cells[g.key, c.metric].summary.n),
-                        key=lambda g: self.cells[g.key, c.metric].summary.mean, reverse=c.higher_is_better)
-        if not ranked:
-            return
-        best = self.cells[ranked[0].key, c.metric]
-        best.best = True
-        if len(ranked) > 1:
-            runner_up = stats.paired(ranked[0].values(c.metric), ranked[1].values(c.metric))
-            better = runner_up.diff > 0 if c.higher_is_better else runner_up.diff < 0
-            best.marked = better and runner_up.significant()
+    def ranked(self, c: Column) -> bool:
+        """Whether a column's best is marked: a score, and not one that repeats another column."""
+        metrics = {col.metric for col in self.columns}
+        return c.higher_is_better is not None and REPEATS.get(c.metric) not in metrics
+
+    def _mark_best(self) -> None:
+        contests = []  # (best cell, its paired test against the runner-up, better in the right direction)
+        for c in self.columns:
+            ranked = sorted((g for g in self.groups if self.cells[g.key, c.metric].summary.n),
+                            key=lambda g: self.cells[g.key, c.metric].summary.mean, reverse=bool(c.higher_is_better))
+            if not ranked or not self.ranked(c):
+                continue
+            best = self.cells[ranked[0].key, c.metric]
+            best.best = True
+            if len(ranked) > 1:
+                runner_up = stats.paired(ranked[0].values(c.metric), ranked[1].values(c.metric))
+                contests.append((best, runner_up, runner_up.diff > 0 if c.higher_is_better else runner_up.diff < 0))
+        for (best, _, better), p in zip(contests, stats.holm([t.p_t for _, t, _ in contests])):
+            best.marked = better and p < stats.ALPHA
 
     # -- rendering -----------------------------------------------------------------------------------
     def n_text(self, g: Group) -> str:
@@ -144,51 +181,83 @@ class Table:
             lines += [f"**{self.title}**", ""]
         head = ["method", "seeds"] + [c.title for c in self.columns]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        beyond = False
         for g in self.groups:
-            cells = [g.label, self.n_text(g)]
+            cells = [self.row_label(g), self.n_text(g)]
             for c in self.columns:
                 cell = self.cells[g.key, c.metric]
                 text = _mean_std(cell.summary, c)
+                if _spread_beyond(cell.summary, c):
+                    text, beyond = text + " ‡", True
                 cells.append(f"**{text}**" if cell.marked else text)
             lines.append("| " + " | ".join(cells) + " |")
-        ranked = any(c.higher_is_better is not None for c in self.columns)
-        lines += ["", "Mean ± std over seeds; the 95% interval of each mean is in the CSV. " + (
-                  "Bold: the best of the column and significantly better than the runner-up (paired t-test over "
-                  "their shared seeds, p < 0.05); no bold: the ranking is not established." if ranked else
-                  "These columns describe the change; none is a score, so none is ranked.")]
-        if self.baseline is not None:
-            lines += ["", f"Against **{self.baseline.label}**, paired by seed: mean difference [95% interval]; "
-                      "p of the paired t-test / of the Wilcoxon signed-rank test (* where the t-test gives p < 0.05):",
-                      ""]
-            head = ["method", "pairs"] + [c.title for c in self.columns]
+        ranked = any(self.ranked(c) for c in self.columns)
+        repeated = [c.header for c in self.columns if c.higher_is_better is not None and not self.ranked(c)]
+        lines += ["", "Mean ± std over seeds (sample standard deviation, n - 1); the 95% interval of each mean is in "
+                  "the CSV. " + ("Bold: the best of the column and significantly better than the runner-up (paired "
+                                 "t-test over their shared seeds, Holm-adjusted over the columns, p < 0.05); no bold: "
+                                 "the ranking is not established." if ranked else
+                                 "These columns describe the change; none is a score, so none is ranked.")
+                  + (f" {', '.join(repeated)} repeats forgetting and is not ranked." if repeated else "")]
+        if beyond:
+            lines += ["", "‡ mean ± std reaches beyond the metric's range: the spread is not symmetric there; "
+                      "every seed's value lies in the range."]
+        if self.baselines:
+            lines += ["", self._versus_header(), ""]
+            head = ["method", "pairs"] + (["baseline"] if self.baseline is None else []) + [c.title for c in self.columns]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for g in self.groups:
-                if g is self.baseline:
+                if g.key not in self.against:
                     continue
-                versus = [self.cells[g.key, c.metric].versus for c in self.columns]
-                pairs = max((v.n for v in versus if v is not None), default=0)
-                lines.append("| " + " | ".join([g.label, str(pairs)] + [_difference(v, c) for v, c in
-                                                                      zip(versus, self.columns)]) + " |")
+                versus = [self.cells[g.key, c.metric] for c in self.columns]
+                pairs = max((v.versus.n for v in versus), default=0)
+                own = [self.against[g.key].label] if self.baseline is None else []
+                lines.append("| " + " | ".join([self.row_label(g), str(pairs)] + own + [
+                    _difference(v, c) for v, c in zip(versus, self.columns)]) + " |")
+            lines += self._recipe_notes()
             smallest = 2.0 / 2 ** max((len(g.runs) for g in self.groups), default=0)
             if smallest >= stats.ALPHA:
                 lines += ["", f"(With {max(len(g.runs) for g in self.groups)} seeds the Wilcoxon test's smallest "
                           f"possible p is {smallest:.3f}: it cannot reach 0.05; the t-test can.)"]
         return "\n".join(lines) + "\n"
 
+    def _versus_header(self) -> str:
+        against = (f"Against **{self.baseline.label}**" if self.baseline is not None else
+                   "Against the baseline group of the same recipe (column baseline)")
+        return (f"{against}, paired by seed: mean difference [95% interval]; p of the paired t-test, raw and "
+                f"Holm-adjusted over the table's {self.comparisons} comparisons (* where the adjusted p < 0.05) / p of "
+                "the Wilcoxon signed-rank test:")
+
+    def row_label(self, g: Group) -> str:
+        """The group's label, with † where it differs from its baseline in more than the method."""
+        return g.label + (" †" if self.differs.get(g.key) else "")
+
+    def _recipe_notes(self) -> list[str]:
+        notes = [f"- {g.label}: {', '.join(self.differs[g.key])}" for g in self.groups if self.differs.get(g.key)]
+        if not notes:
+            return []
+        return ["", "† differs from its baseline in more than the method, so its difference is not the method's "
+                "alone (run the baseline with the same keys to compare it):", *notes]
+
     def csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["group", "strategy", "metric", "unit", "n", "not_finished", "mean", "std", "ci95_low",
                          "ci95_high", "best", "best_significant", "baseline", "pairs", "diff", "diff_ci95_low",
-                         "diff_ci95_high", "p_paired_t", "p_wilcoxon"])
+                         "diff_ci95_high", "p_paired_t", "p_wilcoxon", "p_paired_t_holm", "differs_from_baseline",
+                         "ci95_beyond_range"])
         for g in self.groups:
+            base = self.against.get(g.key)
             for c in self.columns:
                 cell = self.cells[g.key, c.metric]
                 s, v = cell.summary, cell.versus
+                low, high = c.bounds
                 writer.writerow([g.label, g.strategy, c.metric, c.unit, s.n, len(g.failed), s.mean, s.std, s.ci_low,
-                                 s.ci_high, int(cell.best), int(cell.marked),
-                                 self.baseline.label if self.baseline else "", *(
-                                     (v.n, v.diff, v.ci_low, v.ci_high, v.p_t, v.p_wilcoxon) if v else ("",) * 6)])
+                                 s.ci_high, int(cell.best), int(cell.marked), base.label if base else "", *(
+                                     (v.n, v.diff, v.ci_low, v.ci_high, v.p_t, v.p_wilcoxon, cell.p_holm)
+                                     if v else ("",) * 7),
+                                 "; ".join(self.differs.get(g.key, [])),
+                                 int(s.ci_low < low or s.ci_high > high)])
         return out.getvalue()
 
     def latex(self) -> str:
@@ -196,18 +265,22 @@ class Table:
         lines = [r"\begin{tabular}{" + spec + "}", r"\toprule",
                  " & ".join(["method", "seeds"] + [_latex(c.title) for c in self.columns]) + r" \\", r"\midrule"]
         for g in self.groups:
-            cells = [_latex(g.label), str(len(g.runs))]
+            cells = [_latex(self.row_label(g)), str(len(g.runs))]
             for c in self.columns:
                 cell = self.cells[g.key, c.metric]
                 text = _mean_std(cell.summary, c).replace("±", r"$\pm$")
-                star = "^{*}" if cell.versus is not None and cell.versus.significant() else ""
+                star = "^{*}" if cell.significant else ""
                 text = (r"\textbf{" + text + "}" if cell.marked else text) + (f"${star}$" if star else "")
                 cells.append(text)
             lines.append(" & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
-        note = "% mean $\\pm$ std over seeds; bold: best and significantly better than the runner-up (paired t-test, p<0.05)"
-        if self.baseline is not None:
-            note += f"; $^*$: differs from {_latex(self.baseline.label)} (paired t-test, p<0.05)"
+        note = ("% mean $\\pm$ std over seeds; bold: best and significantly better than the runner-up (paired t-test, "
+                "Holm-adjusted, p<0.05)")
+        if self.baselines:
+            note += (f"; $^*$: differs from {_latex(self.baselines[0].label if self.baseline else 'its baseline')} "
+                     f"(paired t-test, Holm-adjusted over {self.comparisons} comparisons, p<0.05)")
+        if self.differs and any(self.differs.values()):
+            note += "; \\dag: differs from its baseline in more than the method"
         return "\n".join(lines + [note]) + "\n"
 
     def render(self, fmt: str) -> str:
@@ -229,14 +302,20 @@ def _p(p: float) -> str:
     return "-" if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def _difference(v: Optional[stats.Paired], c: Column) -> str:
+def _spread_beyond(s: stats.Summary, c: Column) -> bool:
+    low, high = c.bounds
+    return s.n > 1 and math.isfinite(s.std) and (s.mean - s.std < low or s.mean + s.std > high)
+
+
+def _difference(cell: Cell, c: Column) -> str:
+    v = cell.versus
     if v is None or v.n == 0:
         return "-"
     d = _digits(c)
     text = f"{v.diff:+.{d}f}"
     if math.isfinite(v.ci_low):
         text += f" [{v.ci_low:+.{d}f}, {v.ci_high:+.{d}f}]"
-    return text + f"; p {_p(v.p_t)}{'*' if v.significant() else ''} / {_p(v.p_wilcoxon)}"
+    return text + f"; p {_p(v.p_t)}, adj. {_p(cell.p_holm)}{'*' if cell.significant else ''} / {_p(v.p_wilcoxon)}"
 
 
 def _latex(text: str) -> str:
@@ -301,9 +380,6 @@ def from_store(target: str, tracking_uri: str, baseline: Optional[str] = None,
     else:
         experiment_ids = [experiment.experiment_id]
     found = G.group(G.seed_runs(client, experiment_ids, within))
-    if baseline is None:  # finetune, where the runs have exactly one such group
-        try:
-            baseline = find_group(found, "finetune").label
-        except UserError:
-            baseline = None
+    if baseline is None:  # finetune, where the runs have it
+        baseline = "finetune" if any(g.strategy == "finetune" for g in found) else None
     return Table(found, columns_from(metrics, found), baseline, title=title_of(found))

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from continual.compare import groups as G
 from continual.config.load import load_config, to_dict
-from continual.errors import ConfigError, UserError
+from continual.errors import ConfigError
 from continual.tracking.params import as_params
 from continual.system.signals import sigterm_as_interrupt
 
@@ -321,16 +321,14 @@ def _labelled_groups(children: Sequence[Child]) -> tuple[list[G.Group], dict[str
 
 
 def _baseline(children: Sequence[Child], baseline: Optional[str]) -> Optional[str]:
-    """The baseline group's name, checked before anything trains: one the user named must name
-    one group of the grid; without one, finetune where the grid has exactly one such group."""
+    """The baseline's name, checked before anything trains: one the user named must name a group
+    of the grid (or a strategy: then each group is paired with that strategy's group of its own
+    recipe); without one, finetune where the grid has it."""
     labelled, _ = _labelled_groups(children)
     if baseline is not None:
-        G.find_group(labelled, baseline)  # a one-line error naming the groups
+        G.baselines(labelled, baseline)  # a one-line error naming the groups
         return baseline
-    try:
-        return G.find_group(labelled, "finetune").label
-    except UserError:
-        return None
+    return "finetune" if any(g.strategy == "finetune" for g in labelled) else None
 
 
 def _parent_run(uri: str, experiment: str, children: Sequence[Child], name: Optional[str], output_dir: str,

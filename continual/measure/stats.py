@@ -83,3 +83,21 @@ def paired(method: Mapping[int, float], baseline: Mapping[int, float]) -> Paired
         p_t = float(sps.ttest_rel([method[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
     p_w = 1.0 if np.all(d == 0) else float(sps.wilcoxon(d, zero_method="wilcox").pvalue)
     return Paired(int(d.size), float(d.mean()), low, high, p_t, p_w)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of m p-values (Holm 1979): with the finite ones
+    sorted, p_(1) <= ... <= p_(m),
+
+        adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)),
+
+    in the input's order; rejecting where adj < alpha keeps the family-wise error rate at alpha
+    under any dependence between the tests. NaNs (no test) stay NaN and do not count in m."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if math.isfinite(p))
+    m = len(finite)
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
