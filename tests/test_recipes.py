@@ -72,3 +72,17 @@ def test_inherit_reads_a_file_beside_and_refuses_a_cycle(tmp_path):
     (tmp_path / "c.yaml").write_text("inherit: nowhere\nseed: 1\n")
     with pytest.raises(ConfigError, match="config not found: 'nowhere'"):
         load_config(tmp_path / "c.yaml", [])
+
+
+def test_a_run_logs_the_parameters_it_used(tmp_path, make_config):
+    """Nothing of LwF's is given, yet its run's params hold every value it trained with."""
+    from mlflow import MlflowClient
+
+    from continual.run.loop import run
+
+    cfg = make_config(tmp_path, "strategy.name=lwf", "diagnostics.enabled=false", "train.epochs=1")
+    result = run(cfg, echo=lambda s: None, progress=False)
+    params = MlflowClient(result.tracking_uri).get_run(result.run_id).data.params
+    assert {k: params[f"strategy.{k}"] for k in ("alpha", "temperature", "classes", "text_features", "symmetric")} == \
+        {"alpha": "1.0", "temperature": "2.0", "classes": "current", "text_features": "student", "symmetric": "False"}
+    assert params["train.label_smoothing"] == "0.0" and params["train.warmup_steps"] == "0"  # the train section too
