@@ -29,12 +29,17 @@ def test_the_shared_recipe_is_the_methods_recipe():
     assert (train.label_smoothing, train.warmup_steps, train.lr, train.epochs) == (0.2, 32, 1e-3, 20)
 
 
-def test_another_method_on_a_method_config_keeps_the_recipe_and_sets_the_parameters_aside(capsys):
+def test_another_method_on_a_method_config_keeps_the_recipe_and_sets_the_parameters_aside(capsys, monkeypatch):
+    from continual.config import load
+
+    monkeypatch.setattr(load, "_NOTED", set())  # the note is said once per process
     cfg = load_config("lwf", ["strategy.name=finetune"])
     assert dict(cfg.strategy) == {"name": "finetune"}
     assert to_dict(cfg) == to_dict(load_config("default", []))
     note = capsys.readouterr().err
     assert "set aside" in note and "alpha" in note and "temperature" in note
+    load_config("lwf", ["strategy.name=finetune", "seed=3"])
+    assert capsys.readouterr().err == ""  # once, not once per seed of a sweep
     cfg = load_config("lwf", ["strategy.name=vrlwf", "strategy.lam=3"])
     assert cfg.strategy.lam == 3 and "alpha" not in cfg.strategy
 

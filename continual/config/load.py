@@ -30,6 +30,7 @@ from continual.registry import CONTROLS, STRATEGIES, STREAMS
 
 
 INHERIT = "inherit"  # a config's key naming the config it builds on (a shared recipe)
+_NOTED: set[str] = set()
 
 
 def load_config(path: str | Path | None, overrides: List[str] = ()) -> DictConfig:
@@ -102,10 +103,11 @@ def _set_aside_other_method(loaded: DictConfig, given: DictConfig) -> DictConfig
         return loaded
     asked = set(given.strategy.keys())
     aside = [k for k in section if k not in ("name", "preset") and k not in asked]
-    if aside:
-        print(f"note: strategy.name={new_name} replaces '{section.get('name')}' with the same recipe; its parameters "
-              f"{', '.join(aside)} are set aside ({new_name} takes its own defaults; strategy.KEY=VALUE sets one)",
-              file=sys.stderr)
+    note = (f"note: strategy.name={new_name} replaces '{section.get('name')}' with the same recipe; its parameters "
+            f"{', '.join(aside)} are set aside ({new_name} takes its own defaults; strategy.KEY=VALUE sets one)")
+    if aside and note not in _NOTED:  # once per process: a sweep loads each config once per seed
+        _NOTED.add(note)
+        print(note, file=sys.stderr)
     loaded = loaded.copy()
     loaded.strategy = {k: v for k, v in section.items() if k not in aside}
     return loaded
