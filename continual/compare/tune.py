@@ -192,9 +192,10 @@ def prepare(config: str, overrides: Sequence[str], trials: int, space: Sequence[
 
 
 # -- the study -------------------------------------------------------------------------------------
-def storage_of(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> Any:
-    import optuna
+def storage_of(url: str, heartbeat: Optional[int] = None, grace: Optional[int] = None) -> Any:
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    heartbeat, grace = heartbeat or HEARTBEAT_S, grace or GRACE_S
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +298,6 @@ def work(plan: Plan, parent: str, n_trials: int, worker: int = 0, threads: int =
     set_threads(threads)
     echo = echo or (lambda line: print(f"[worker {worker}] {line}", flush=True))
     study = open_study(plan, worker)
-    from optuna.trial import TrialState
-
     before = len(study.get_trials(deepcopy=False))
     study.optimize(Objective(plan, parent, echo), n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
     return len(study.get_trials(deepcopy=False)) - before

@@ -24,7 +24,7 @@ def save_all(study: Any, plan: Any, folder: str) -> list[str]:
     if not trials:
         return saved
     objective, sign = plan.objectives[0], (1 if plan.directions[0] == "maximize" else -1)
-    where = "test data, " + "oracle" if plan.protocol == "oracle" else "validation data"
+    where = "oracle (tuned on test data)" if plan.protocol == "oracle" else "validation data"
     # objective over trials, with the running best
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = [t.number for t in trials]
