@@ -25,7 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # key=value overrides may come after flags (argparse stops the positional list at a flag)
     args, extra = parser.parse_known_args(argv)
     if extra:
-        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs", "sweep": "configs"}.get(
+        target = {"run": "overrides", "pretrain": "overrides", "compare": "configs", "sweep": "configs",
+                  "tune": "overrides"}.get(
             getattr(args, "command", None))
         if target is None or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -87,6 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--metrics", help="table columns, comma-separated metric names (default: the stream's own)")
     swp.add_argument("--name", help="the parent run's name")
     swp.set_defaults(handler=cmd_sweep)
+
+    tun = sub.add_parser("tune", help="choose a method's hyper-parameters on validation data (Optuna), then re-run them on fresh seeds",
+                         description="A study of --trials trials, each an ordinary run nested under the study's MLflow run, "
+                                     "trained on each session's training data minus a validation split (stream.val_fraction, "
+                                     "default 0.2) and scored on that split: the test data is sealed (never encoded or "
+                                     "scored) except under --protocol oracle. The pruner may stop a trial at a session "
+                                     "boundary. The chosen values are re-run on --seeds as a sweep nested under the study "
+                                     "(`continual report` compares them). The same command again resumes the study.")
+    tun.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"YAML file or shipped config name (default {DEFAULT_CONFIG})")
+    tun.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stream.n_sessions=3")
+    tun.add_argument("--trials", type=int, required=True, help="the budget: finished (complete or pruned) trials")
+    tun.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                     help="replace or add a dimension: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH, choice:A,B "
+                          "(repeatable; default: train.lr, train.epochs and the strategy's Params.TUNABLE)")
+    tun.add_argument("--objective", help="metric to optimise (default cl/avg_acc; image-text: r1/cl/avg_acc, the mean "
+                     "of i2t and t2i); a,b: a Pareto front, the best first objective on it chosen")
+    tun.add_argument("--protocol", default="first-k", choices=("first-k", "holdout-k", "full", "oracle"),
+                     help="first-k (default): tune on the first k sessions' validation data, then freeze; holdout-k: "
+                          "the first k sessions only tune, the re-runs report on the rest; full: validation after every "
+                          "session; oracle: tuned on test data (labelled so everywhere)")
+    tun.add_argument("--k", type=int, help="sessions of first-k/holdout-k (default 2 if the stream has >= 3 sessions, else 1)")
+    tun.add_argument("--seeds", help="re-run seeds of the chosen values (default 0-4; 'none': no re-run)")
+    tun.add_argument("--tuning-seeds", default="1000", help="seeds of the trials (default 1000; disjoint from --seeds)")
+    tun.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (the cores divided between them)")
+    tun.add_argument("--executor", default="local", help="local (default), slurm or submitit-local: workers through submitit")
+    tun.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE", help="submitit parameter (repeatable)")
+    tun.add_argument("--storage", help="Optuna storage, any SQLAlchemy URL (default sqlite:///OUTPUT_DIR/optuna.db)")
+    tun.add_argument("--study-name", help="the study's name in the storage (default: from the command's inputs)")
+    tun.set_defaults(handler=cmd_tune)
 
     cmp_ = sub.add_parser("compare", help="a sweep with each config's own seed: several configs, one parent run, one table",
                           description="`continual sweep CONFIGS...` with each config's own seed.")
@@ -228,6 +258,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"Open it: continual ui --output-dir {output_dir}, expand the sweep in the runs list, then the chart "
               "view draws one curve per group; the table and figures are the sweep's artifacts")
     return 0 if all(o.status == "FINISHED" for o in result.outcomes) else 1
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from continual.compare.sweep import parse_seeds
+    from continual.compare.tune import tune
+
+    config, overrides = config_and_overrides(args.config, args.overrides)
+    options = {}
+    for item in args.executor_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
+        options[key] = int(value) if value.isdigit() else value
+    no_rerun = (args.seeds or "").strip().lower() == "none"
+    result = tune(config, overrides, trials=args.trials, space=args.space, objective=args.objective,
+                  protocol=args.protocol, k=args.k, seeds=None if no_rerun or not args.seeds else parse_seeds(args.seeds),
+                  tuning_seeds=parse_seeds(args.tuning_seeds), jobs=args.jobs, executor=args.executor,
+                  storage=args.storage, study_name=args.study_name, rerun=not no_rerun,
+                  echo=lambda line: print(line, flush=True), executor_options=options)
+    print()
+    print(f"MLflow run {result.parent_id} in {result.tracking_uri} (the study; its trials are nested under it)")
+    if result.rerun is not None:
+        print(result.rerun.table.markdown())
+        print(f"re-runs: sweep {result.rerun.parent_id} (`continual report {result.rerun.parent_id}`)")
+        return 0 if all(o.status == "FINISHED" for o in result.rerun.outcomes) else 1
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -109,6 +109,7 @@ class PairStream:
     templates: Optional[list[list[str]]] = None  # captions are used as they are
     data_missing: Optional[str] = None  # as for ClassificationStream
     train_unit: str = "pairs"  # what a training example is: "pairs", or "images" (a caption drawn per visit)
+    caption_keys: list[str] = field(default_factory=list)  # the image of each training caption (validation split by image)
 
     kind = "pairs"
 

@@ -378,6 +378,10 @@ class CPECLIPParams:
     # "config": train.scheduler / train.warmup_steps.
     lr_schedule: str = "authors"
 
+    # `continual tune`'s default search space. prompt_tokens: our choice, 1 to twice the authors'
+    # L_g = 2; vision_mode: CPE-CLIP's accumulate and the authors' "no_accumulation" ablation.
+    TUNABLE: ClassVar[dict[str, str]] = {"prompt_tokens": "int:1:4", "vision_mode": "choice:accumulate,replace"}
+
     def __post_init__(self) -> None:
         check_choice("strategy.towers", self.towers, TOWERS)
         check_choice("strategy.lr_schedule", self.lr_schedule, LR_SCHEDULES)

@@ -54,6 +54,10 @@ class LwFParams:
     text_features: str = "student"  # student (LwF's outputs) | teacher (ZSCL's LwF code)
     symmetric: bool = False  # also distil class-to-image over the batch (ZSCL's LwF code: true)
 
+    # `continual tune`'s default search space (continual.compare.space specs). alpha: our choice,
+    # one decade either side of the default 1 (Li & Hoiem's lambda_o = 1; ZSCL's MTIL script: 1).
+    TUNABLE: ClassVar[dict[str, str]] = {"alpha": "log:0.1:10"}
+
     # ZSCL's mtil/scripts/lwf.sh: the student's image features against the teacher's class
     # texts of the current task, both directions.
     PRESETS: ClassVar[dict] = {"mtil": dict(alpha=1.0, temperature=2.0, classes="current", text_features="teacher",

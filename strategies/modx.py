@@ -33,7 +33,7 @@ these functions unchanged (see ``continual.system.distributed``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,10 @@ class ModXParams:
     # Weight of the symmetric InfoNCE of the batch's (image, class caption) pairs, added to the
     # strategy's cross-entropy (Mod-X's L_CLIP; 0 = cross-entropy alone).
     contrastive_weight: float = 0.0
+
+    # `continual tune`'s default search space. alpha: our choice, one decade either side of the
+    # authors' 20 (set at batch 280 with the sum reduction; smaller batches need other weights).
+    TUNABLE: ClassVar[dict[str, str]] = {"alpha": "log:2:200"}
 
     def __post_init__(self) -> None:
         check_choice("strategy.reduction", self.reduction, REDUCTIONS)

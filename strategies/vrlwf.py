@@ -186,6 +186,10 @@ class VRLwFParams:
     # Seed of the vocabulary draws; null = the run's seed (torch.initial_seed()).
     seed: Optional[int] = None
 
+    # `continual tune`'s default search space. lam: our choice, one decade either side of ZSCL's
+    # MTIL LwF-VR 1 (its class-incremental configs' 5 lies inside).
+    TUNABLE: ClassVar[dict[str, str]] = {"lam": "log:0.1:10"}
+
     # ZSCL's mtil/scripts/lwf_vr.sh (the defaults: its LwF-VR is what they are set from).
     PRESETS: ClassVar[dict] = {"mtil": dict(lam=1.0, temperature=2.0, vocab_size=1000, vocab_length=10,
                                             vocab_draw="once", vocabulary="random_tokens", teacher="previous")}

@@ -41,6 +41,10 @@ class WiSEFTParams:
     alpha: float = 0.5  # weight of the session's fine-tuned weights
     anchor: str = "initial"  # initial (pre-trained) | previous (start of the session, ZSCL's baseline)
 
+    # `continual tune`'s default search space. alpha: the whole interpolation range, as the
+    # WiSE-FT paper's mixing-coefficient sweep (0 to 1); anchor: both of the options.
+    TUNABLE: ClassVar[dict[str, str]] = {"alpha": "float:0:1", "anchor": "choice:initial,previous"}
+
     # ZSCL's mtil/scripts/WiSE_finetune.sh (--wise_merge --wise_ft_model n --wise_ft_alpha 0.8).
     PRESETS: ClassVar[dict] = {"mtil": dict(alpha=0.8, anchor="previous")}
 

@@ -98,6 +98,10 @@ class ZSCLParams:
     ref_column: str = "caption"  # that column: a header name, or a 0-based index (no header)
     ref_root: Optional[str] = None  # where torchvision reads ref_images=torchvision:NAME
 
+    # `continual tune`'s default search space. weight, l2: our choice, one decade either side of
+    # the official MTIL script's 1 (the class-incremental configs' weight 5 lies inside).
+    TUNABLE: ClassVar[dict[str, str]] = {"weight": "log:0.1:10", "l2": "log:0.1:10"}
+
     # ZSCL's mtil/scripts/ZSCL.sh (its reference data at these paths, relative to the run's folder).
     PRESETS: ClassVar[dict] = {"mtil": dict(
         weight=1.0, temperature=2.0, ref_batch_size=64, ref_texts="all", text_features="teacher", we=True,

@@ -190,7 +190,8 @@ def _plan(cfg: StreamConfig, sessions: list[SessionPairs], notes: list[str]) -> 
     notes = [f"sources {', '.join(cfg.sources) or ', '.join(BUILTIN)}; sessions by {cfg.session_by}; "
              f"{len(images)} images"] + _option_notes(cfg) + notes
     concepts = sorted({concept_key(p) for s in sessions for p in s.train + s.test})
-    return PairStream("caption-pairs", class_names, plan, notes=notes, concepts=concepts, train_unit=_unit(cfg))
+    return PairStream("caption-pairs", class_names, plan, notes=notes, concepts=concepts, train_unit=_unit(cfg),
+                      caption_keys=[p.key for s in sessions for p in s.train])
 
 
 def _unit(cfg: StreamConfig) -> str:

@@ -100,6 +100,17 @@ class StreamConfig:
     # random_split(1 - test_fraction), seed 42); split_seed null = the run's seed.
     holdout: str = "per_class"
     split_seed: Optional[int] = None
+    # -- validation data (continual.validation): a share of each session's training data held
+    # out, per class (image-text streams: per image), seeded by the run's seed; 0 = none. A run
+    # with val_fraction > 0 trains on the rest; what it scores is evaluate_on's.
+    val_fraction: float = 0.0
+    # What the session matrices score: test | validation (the validation split in place of the
+    # test data, which is then sealed: never encoded or scored; `continual tune`'s trials).
+    evaluate_on: str = "test"
+    # The sessions run, 1-based (last_session 0 = the last): first-k tuning trials run 1..k,
+    # a holdout-k evaluation k+1..T.
+    first_session: int = 1
+    last_session: int = 0
 
 
 @dataclass

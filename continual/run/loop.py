@@ -106,12 +106,15 @@ def plan(cfg: DictConfig) -> list[str]:
 
 @sigterm_as_interrupt  # SIGTERM ends the run as Ctrl-C does: KILLED, resumable
 def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Optional[str] = None,
-        fresh: bool = False, parent: Optional[str] = None) -> RunResult:
+        fresh: bool = False, parent: Optional[str] = None,
+        on_row: Optional[Callable[[int, dict, str], None]] = None) -> RunResult:
     """Run the experiment ``cfg`` end to end and return its matrices and summary.
 
     An unfinished run of the same config in the same experiment (crashed, killed) is continued
     from its last checkpoint in the same MLflow run, unless ``fresh``; ``resume`` names the run
     to continue explicitly. ``parent``: the MLflow run to nest this one under (a sweep's).
+    ``on_row(i, metrics, run_id)`` is called after row i is logged (a tuning trial reports to its
+    pruner there, and stops the run by raising).
     """
     from continual.clip.backbone import load_backbone
     from continual.clip.features import image_inputs, text_inputs
@@ -158,7 +161,8 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
 
     t0 = time.perf_counter()
     stream = stream_fn(cfg.stream, cfg.seed, encode_images, encode_texts)
-    control = CONTROLS.get(cfg.control.name)(cfg.control, encode_images, encode_texts) if cfg.control.name else None
+    control = (CONTROLS.get(cfg.control.name)(cfg.control, encode_images, encode_texts)
+               if cfg.control.name and cfg.stream.evaluate_on == "test" else None)  # off while test data is sealed (tuning)
     control = _without_stream_concepts(control, stream, echo)
     _check_control_unseen(control, backbone.base_meta)
     distributed.local_first_end()
@@ -276,7 +280,10 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
                     "strategy": strategy.resume_state(), "run_id": logger.run_id,
                     "held_metrics": logger.held_metrics()},  # the session's training curves, sent by log_row
                     extra=diagnostics.tensors() if diagnostics is not None else None)
-            echo(describe_row(i, log_row(i, record)))
+            metrics = log_row(i, record)
+            echo(describe_row(i, metrics))
+            if on_row is not None:
+                on_row(i, metrics, logger.run_id)
         take_diagnostics(wait_all=True)
         summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
                    if not k.startswith("session/")}

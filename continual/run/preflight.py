@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
+from continual import validation
 from continual.config.load import strategy_params
 from continual.errors import ConfigError, UserError
 from continual.registry import STRATEGIES, STREAMS
@@ -60,6 +61,8 @@ def preflight(cfg: DictConfig, strict: bool = True) -> Checked:
     check_training_length(cfg, strategy_cls)
     check_experiment_name(cfg.tracking.experiment)
     stream_fn = STREAMS.get(cfg.stream.name, "stream.name")
+    if validation.active(cfg.stream):  # validation split, sealed test data, session window
+        stream_fn = validation.wrap(stream_fn, cfg.stream)
     stream = stream_fn(cfg.stream, cfg.seed)
     check_fit(cfg, strategy_cls, stream)
     check_model_source(cfg.model.name, cfg.model.pretrained or "")
