@@ -1,4 +1,4 @@
-"""stream.val_fraction / evaluate_on / the session window (continual.validation): the validation
+"""stream.val_fraction / evaluate_on / the session window (continual.run.validation): the validation
 split is carved from training data only (disjoint from training and test), per class (per image
 on image-text streams), deterministic per seed; with evaluate_on=validation the test data is
 sealed: a whole run never encodes or scores a test or control example."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from continual import validation
+from continual.run import validation
 from continual.errors import ConfigError
 from continual.registry import STREAMS
 

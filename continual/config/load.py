@@ -158,7 +158,7 @@ def validate(cfg: DictConfig) -> None:
                           "set diagnostics.probe=stream, or diagnostics.enabled=false")
     if not 0 < cfg.stream.test_fraction < 1:
         raise ConfigError(f"stream.test_fraction must be in (0, 1), got {cfg.stream.test_fraction}")
-    from continual import validation
+    from continual.run import validation
 
     validation.check(cfg.stream)
     for name, lr in cfg.train.session_lr.items():

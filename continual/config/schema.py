@@ -100,7 +100,7 @@ class StreamConfig:
     # random_split(1 - test_fraction), seed 42); split_seed null = the run's seed.
     holdout: str = "per_class"
     split_seed: Optional[int] = None
-    # -- validation data (continual.validation): a share of each session's training data held
+    # -- validation data (continual.run.validation): a share of each session's training data held
     # out, per class (image-text streams: per image), seeded by the run's seed; 0 = none. A run
     # with val_fraction > 0 trains on the rest; what it scores is evaluate_on's.
     val_fraction: float = 0.0

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
-from continual import validation
+from continual.run import validation
 from continual.config.load import strategy_params
 from continual.errors import ConfigError, UserError
 from continual.registry import STRATEGIES, STREAMS
