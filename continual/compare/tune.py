@@ -534,6 +534,34 @@ def _markdown(rows: list[dict]) -> str:
                      + ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]) + "\n"
 
 
+def _draw_study(study: Any, plan: Plan, folder: str) -> list[str]:
+    """The study's figures (continual.figures.tuning) from its trials: the first objective of
+    the complete ones, a pruned trial's last report, and fANOVA importances once two trials are
+    complete."""
+    import optuna
+
+    from continual.figures import tuning as figures
+
+    points = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and t.values:
+            points.append(figures.TrialPoint(t.number, t.values[0], False, dict(t.params)))
+        elif t.state.name == "PRUNED" and t.intermediate_values:
+            points.append(figures.TrialPoint(t.number, t.intermediate_values[max(t.intermediate_values)], True,
+                                             dict(t.params)))
+    importances: dict[str, float] = {}
+    if sum(not p.pruned for p in points) >= 2 and plan.space:
+        try:
+            importances = optuna.importance.get_param_importances(
+                study, target=(lambda t: t.values[0]) if len(plan.objectives) > 1 else None)
+        except Exception:  # e.g. every trial scored the same: nothing to apportion
+            importances = {}
+    where = "oracle (tuned on test data)" if plan.protocol == "oracle" else "validation data"
+    space = {k: (d.kind, d.choices) for k, d in plan.space.items()}
+    return figures.save_all(points, importances, space, plan.objectives[0], plan.directions[0] == "maximize",
+                            f"{plan.strategy}: {plan.objectives[0]} ({where})", folder)
+
+
 def _log_study(parent: Any, study: Any, plan: Plan, best: Any, budget: dict) -> None:
     """The parent's chosen values (params), budget (metrics), trials table and figures."""
     import csv
@@ -565,9 +593,7 @@ def _log_study(parent: Any, study: Any, plan: Plan, best: Any, budget: dict) -> 
                                                         "protocol": plan.protocol, "objectives": plan.objectives,
                                                         "test_sealed": plan.sealed}, indent=2))
         try:
-            from continual.figures import tuning as figures
-
-            figures.save_all(study, plan, tmp)
+            _draw_study(study, plan, tmp)
         except Exception as exc:  # figures are a bonus: the table and the values are logged regardless
             Path(tmp, "figures_error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
         client.log_artifacts(parent.run_id, tmp)
