@@ -222,11 +222,9 @@ def final_report(result, cfg) -> str:
                   "columns = session j's test data",
                   "        " + "".join(f"{f'S{j + 1}':>8}" for j in range(R.shape[1]))]
         lines += [f"{f'row {i}':<8}" + "".join(f"{v:8.1f}" for v in row) for i, row in enumerate(R)] + [""]
-    from continual.run.probes import HEADLINE
+    from continual.tracking import names as N
 
-    keys = {k: v for k, v in result.summary.items()
-            if not k.startswith(("acc/session_", "i2t/session_", "t2i/session_", "retrieval/", "control/i2t_r5",
-                                 "control/i2t_r10", "control/t2i_r5", "control/t2i_r10", "diag/")) or k in HEADLINE}
+    keys = {k: v for k, v in result.summary.items() if not k.startswith(N.DETAILS) or k in N.HEADLINE}
     lines += ["Summary after the last session:", format_summary(keys), ""]
     lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     if not cfg.tracking.uri:

@@ -25,27 +25,18 @@ import numpy as np
 
 from continual.measure import stats
 from continual.errors import UserError
+from continual.tracking import names as N
+from continual.tracking.names import PARENT_TAG, ROLE_TAG
 
-ROLE_TAG = "continual.role"  # "sweep" (a sweep's parent run) | "group" (one group's aggregate run)
-PARENT_TAG = "mlflow.parentRunId"
 # params that do not change what a run computes: left out of a group's identity
 BOOKKEEPING = ("seed", "output_dir", "threads")
 BOOKKEEPING_PREFIXES = ("tracking.",)
-# metrics logged once per session (step = session) that are not summaries: matrix cells, losses,
-# timings (loss/ is logged per epoch, total/ once)
-NOT_SUMMARIES = ("loss/", "session/", "total/", "retrieval/", "Loss_", "Top1_", "std/", "seeds/")
-MATRICES = ("accuracy_matrix", "i2t_r1_matrix", "t2i_r1_matrix")
 
 
 def group_key(params: Mapping[str, str]) -> str:
     """A short digest of a run's params without the seed and the bookkeeping keys."""
     kept = {k: v for k, v in params.items() if k not in BOOKKEEPING and not k.startswith(BOOKKEEPING_PREFIXES)}
     return hashlib.blake2b(json.dumps(kept, sort_keys=True).encode(), digest_size=8).hexdigest()
-
-
-def is_summary(key: str) -> bool:
-    """A per-session summary metric (cl/forgetting, retention/relative, ...), not a matrix cell."""
-    return not key.startswith(NOT_SUMMARIES) and "/session_" not in key
 
 
 @dataclass
@@ -95,10 +86,10 @@ def record(run: Any) -> RunRecord:
     """A :class:`RunRecord` of an ``mlflow.entities.Run``."""
     params = dict(run.data.params)
     try:
-        seed = int(params.get("seed", run.data.tags.get("seed", "0")))
+        seed = int(params.get("seed", run.data.tags.get(N.SEED_TAG, "0")))
     except ValueError:
         seed = 0
-    sessions = run.data.tags.get("sessions", "")
+    sessions = run.data.tags.get(N.SESSIONS_TAG, "")
     return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status, seed, params,
                      dict(run.data.metrics), run.info.artifact_uri, int(sessions) if sessions.isdigit() else None)
 
@@ -107,7 +98,7 @@ def seed_runs(client: Any, experiment_ids: list[str], within: Optional[Iterable[
     """The experiment's seed runs (made by ``continual run``: they carry a config fingerprint),
     sweeps' parent and group runs left out; with ``within``, only those nested under one of
     those run ids (a sweep's parent and its groups)."""
-    runs = client.search_runs(experiment_ids, filter_string="tags.config_fingerprint != ''", max_results=50000,
+    runs = client.search_runs(experiment_ids, filter_string=f"tags.{N.FINGERPRINT_TAG} != ''", max_results=50000,
                               order_by=["attributes.start_time ASC"])
     parents = set(within) if within is not None else None
     return [record(r) for r in runs
@@ -193,7 +184,7 @@ def histories(client: Any, run: RunRecord, keys: Iterable[str]) -> dict[str, dic
 def session_aggregates(client: Any, g: Group) -> dict[str, dict[int, stats.Summary]]:
     """For every summary metric of the group's runs: its :class:`stats.Summary` over seeds after
     every session (step)."""
-    keys = sorted({k for r in g.runs for k in r.final if is_summary(k)})
+    keys = sorted({k for r in g.runs for k in r.final if N.is_summary(k)})
     per_run = [histories(client, r, keys) for r in g.runs]
     out: dict[str, dict[int, stats.Summary]] = {}
     for k in keys:
@@ -228,7 +219,7 @@ def mean_matrices(client: Any, g: Group) -> list[MeanMatrix]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small CSV otherwise
     out = []
     with tempfile.TemporaryDirectory(prefix="continual-report-") as tmp:
-        for name in MATRICES:
+        for name in N.MATRIX_ARTIFACTS:
             found = []
             for r in g.runs:
                 try:

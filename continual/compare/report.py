@@ -21,6 +21,7 @@ from continual.measure import stats
 from continual.errors import UserError
 from continual.compare import groups as G
 from continual.compare.groups import Group
+from continual.tracking import names as N
 
 
 @dataclass(frozen=True)
@@ -43,43 +44,43 @@ class Column:
 UNIT_BOUNDS = {"%": (0.0, 100.0), "pts": (-100.0, 100.0), "x": (0.0, math.inf), "deg": (0.0, 180.0),
                "share": (0.0, 1.0)}
 # BWT is forgetting's other face (both drop from earlier accuracies): it is shown, never ranked twice
-REPEATS = {"cl/bwt": "cl/forgetting"}
+REPEATS = {N.cl("bwt"): N.cl("forgetting")}
 
 
 CLASS_INCREMENTAL = [
-    Column("cl/avg_acc", "final avg acc", "%", True),
-    Column("cl/avg_inc_acc", "avg inc acc", "%", True),
-    Column("cl/forgetting", "forgetting", "pts", False),
-    Column("cl/bwt", "BWT", "pts", True),
-    Column("control/r1_mean", "control R@1", "%", True),
-    Column("retention/relative", "retention", "x", True),
+    Column(N.cl("avg_acc"), "final avg acc", "%", True),
+    Column(N.cl("avg_inc_acc"), "avg inc acc", "%", True),
+    Column(N.cl("forgetting"), "forgetting", "pts", False),
+    Column(N.cl("bwt"), "BWT", "pts", True),
+    Column(N.CONTROL_R1_MEAN, "control R@1", "%", True),
+    Column(N.RETENTION_RELATIVE, "retention", "x", True),
 ]
 MULTI_DOMAIN = [
-    Column("mtil/transfer", "Transfer", "%", True),
-    Column("mtil/avg", "Avg", "%", True),
-    Column("mtil/last", "Last", "%", True),
-    Column("cl/forgetting", "forgetting", "pts", False),
-    Column("retention/relative", "retention", "x", True),
+    Column(N.mtil("transfer"), "Transfer", "%", True),
+    Column(N.mtil("avg"), "Avg", "%", True),
+    Column(N.mtil("last"), "Last", "%", True),
+    Column(N.cl("forgetting"), "forgetting", "pts", False),
+    Column(N.RETENTION_RELATIVE, "retention", "x", True),
 ]
 IMAGE_TEXT = [
-    Column("i2t/cl/avg_acc", "i2t R@1, last row", "%", True),
-    Column("i2t/cl/forgetting", "i2t forgetting", "pts", False),
-    Column("t2i/cl/avg_acc", "t2i R@1, last row", "%", True),
-    Column("t2i/cl/forgetting", "t2i forgetting", "pts", False),
-    Column("retention/relative", "control retention", "x", True),
+    Column(N.cl("avg_acc", N.I2T), "i2t R@1, last row", "%", True),
+    Column(N.cl("forgetting", N.I2T), "i2t forgetting", "pts", False),
+    Column(N.cl("avg_acc", N.T2I), "t2i R@1, last row", "%", True),
+    Column(N.cl("forgetting", N.T2I), "t2i forgetting", "pts", False),
+    Column(N.RETENTION_RELATIVE, "control retention", "x", True),
 ]
 
 # The spatial-disorder diagnostics (continual.measure.disorder): how the representation changed, which
 # no column ranks (less rotation is the Mod-X paper's hypothesis of less forgetting, not a score).
 DIAGNOSTICS = [
-    Column("diag/image/rotation_mean_deg", "image rotation since start", "deg", None),
-    Column("diag/text/rotation_mean_deg", "text rotation since start", "deg", None),
-    Column("diag/pairs/deviation_deg", "deviation since start", "deg", None),
-    Column("diag/step/image/rotation_mean_deg", "image rotation in the last session", "deg", None),
-    Column("diag/step/text/rotation_mean_deg", "text rotation in the last session", "deg", None),
-    Column("diag/step/pairs/deviation_deg", "deviation in the last session", "deg", None),
-    Column("diag/image/rigid_fraction", "image change that is a rotation", "share", None),
-    Column("diag/text/rigid_fraction", "text change that is a rotation", "share", None),
+    Column(N.diag("image/rotation_mean_deg"), "image rotation since start", "deg", None),
+    Column(N.diag("text/rotation_mean_deg"), "text rotation since start", "deg", None),
+    Column(N.diag("pairs/deviation_deg"), "deviation since start", "deg", None),
+    Column(N.diag_step("image/rotation_mean_deg"), "image rotation in the last session", "deg", None),
+    Column(N.diag_step("text/rotation_mean_deg"), "text rotation in the last session", "deg", None),
+    Column(N.diag_step("pairs/deviation_deg"), "deviation in the last session", "deg", None),
+    Column(N.diag("image/rigid_fraction"), "image change that is a rotation", "share", None),
+    Column(N.diag("text/rigid_fraction"), "text change that is a rotation", "share", None),
 ]
 
 
@@ -88,7 +89,7 @@ def default_columns(groups: Sequence[Group]) -> list[Column]:
     class-incremental), keeping those some run logged."""
     logged = {k for g in groups for r in g.runs for k in r.final}
     streams = {r.params.get("stream.name") for g in groups for r in g.runs}
-    chosen = IMAGE_TEXT if "i2t/cl/forgetting" in logged else MULTI_DOMAIN if "mtil" in streams else CLASS_INCREMENTAL
+    chosen = IMAGE_TEXT if N.cl("forgetting", N.I2T) in logged else MULTI_DOMAIN if "mtil" in streams else CLASS_INCREMENTAL
     return [c for c in chosen if c.metric in logged]
 
 
@@ -98,7 +99,7 @@ def column_for(metric: str) -> Column:
     for c in CLASS_INCREMENTAL + MULTI_DOMAIN + IMAGE_TEXT + DIAGNOSTICS:
         if c.metric == metric:
             return c
-    if metric.startswith("diag/"):
+    if metric.startswith(N.DIAG):
         return Column(metric, metric, "", None)
     lower = any(w in metric for w in ("forgetting", "pd", "median_rank", "rotation", "deviation", "gap", "residual"))
     return Column(metric, metric, "", not lower)
@@ -375,7 +376,7 @@ def from_store(target: str, tracking_uri: str, baseline: Optional[str] = None,
             raise UserError(f"'{target}' is neither an experiment nor a run in {tracking_uri}; the experiments are: "
                             f"{names or '(none)'}") from None
         experiment_ids = [parent.info.experiment_id]
-        nested = client.search_runs(experiment_ids, filter_string=f"tags.`{G.PARENT_TAG}` = '{target}'")
+        nested = client.search_runs(experiment_ids, filter_string=f"tags.`{N.PARENT_TAG}` = '{target}'")
         within = {target} | {r.info.run_id for r in nested}
     else:
         experiment_ids = [experiment.experiment_id]

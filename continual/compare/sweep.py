@@ -25,10 +25,9 @@ import itertools
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -38,10 +37,11 @@ from continual.errors import ConfigError
 from continual.tracking.params import as_params
 from continual.system.signals import sigterm_as_interrupt
 
+if TYPE_CHECKING:
+    from continual.tracking.sweep_runs import SweepRuns
+
 Echo = Callable[[str], None]
 EXECUTORS = ("local", "slurm", "submitit-local")
-SWEEP_TAG = "sweep_fingerprint"
-GROUP_TAG = "group_key"
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -232,11 +232,10 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     """Run the grid (skipping finished children, resuming unfinished ones) and log the answer to
     the parent run; returns it with the comparison table. ``baseline``: the group the others are
     tested against (None: finetune, where the grid has it)."""
-    from mlflow import MlflowClient
-
     from continual.compare import report
     from continual.run.preflight import preflight, tracking_uri
     from continual.tracking.store import ensure_store
+    from continual.tracking.sweep_runs import SweepRuns
 
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
@@ -249,15 +248,15 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     experiment = _one(children, lambda c: c.tracking.experiment, "experiments", "tracking.experiment")
     output_dir = _one(children, lambda c: c.output_dir, "output folders", "output_dir")
     ensure_store(uri)  # made once, before the workers open it together
-    client = MlflowClient(uri)
+    runs = SweepRuns(uri)
 
     baseline = _baseline(children, baseline)
-    parent = _parent_run(uri, experiment, children, name, output_dir, configs, overrides, seeds)
+    parent = _parent_run(runs, experiment, children, name, output_dir, configs, overrides, seeds)
     echo(f"sweep: {len(children)} runs in MLflow run {parent.run_id} ({uri}, experiment '{experiment}')")
-    group_runs = _group_runs(client, parent, children, output_dir)
+    group_runs = _group_runs(runs, parent, children)
     todo = []
     for child in children:
-        state = _state(client, parent.experiment_id, child, group_runs[child.group_key], output_dir)
+        state = _state(runs, parent.experiment_id, child, group_runs[child.group_key], output_dir)
         if state == "to run":
             todo.append((child, group_runs[child.group_key]))
         else:
@@ -268,9 +267,9 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
         parent.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
 
-    found = G.group(G.seed_runs(client, [parent.experiment_id], within=set(group_runs.values())))
+    found = G.group(G.seed_runs(runs.client, [parent.experiment_id], within=set(group_runs.values())))
     table = report.Table(found, report.columns_from(metrics, found), baseline, title=report.title_of(found))
-    _log_answer(client, parent, found, group_runs, table)
+    _log_answer(runs, parent, found, group_runs, table)
     failed = sum(o.status != "FINISHED" for o in outcomes)
     parent.set_description(f"{len(found)} groups x {len(seeds or [0])} seeds"
                            + (f", {failed} runs failed" if failed else "") + ": " + report.describe(table))
@@ -278,7 +277,7 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     return SweepResult(parent.run_id, uri, table, outcomes)
 
 
-def _state(client: Any, experiment_id: str, child: Child, group_id: str, output_dir: str) -> str:
+def _state(runs: SweepRuns, experiment_id: str, child: Child, group_id: str, output_dir: str) -> str:
     """``to run`` (or to resume), ``finished already``, or ``running elsewhere`` (another process
     holds one of its runs). A run of it that died before its first checkpoint can never be
     resumed: it is deleted, so that every child ends with one run."""
@@ -286,18 +285,17 @@ def _state(client: Any, experiment_id: str, child: Child, group_id: str, output_
     from continual.system.locks import FileLock
     from continual.run.loop import config_fingerprint
 
-    runs = client.search_runs([experiment_id], filter_string=(
-        f"tags.config_fingerprint = '{config_fingerprint(child.cfg)}' and tags.`{G.PARENT_TAG}` = '{group_id}'"))
-    if any(r.info.status == "FINISHED" for r in runs):
+    found = runs.seed_runs(experiment_id, config_fingerprint(child.cfg), group_id)
+    if any(r.info.status == "FINISHED" for r in found):
         return "finished already"
     checkpoints = Path(output_dir) / "checkpoints"
-    for r in runs:
+    for r in found:
         lock = FileLock(checkpoints / f"{r.info.run_id}.lock")
         if not lock.acquire(blocking=False):
             return "running elsewhere"
         try:
             if not (checkpoints / r.info.run_id / STATE_FILE).exists():
-                client.delete_run(r.info.run_id)
+                runs.delete(r.info.run_id)
         finally:
             lock.release()
     return "to run"
@@ -331,31 +329,24 @@ def _baseline(children: Sequence[Child], baseline: Optional[str]) -> Optional[st
     return "finetune" if any(g.strategy == "finetune" for g in labelled) else None
 
 
-def _parent_run(uri: str, experiment: str, children: Sequence[Child], name: Optional[str], output_dir: str,
+def _parent_run(runs: SweepRuns, experiment: str, children: Sequence[Child], name: Optional[str], output_dir: str,
                 configs: Sequence[str], overrides: Sequence[str], seeds: Optional[Sequence[int]]) -> Any:
     """The sweep's parent run: the one this grid made before (same children), or a new one."""
-    from continual.tracking.store import default_artifact_root, find_runs
-    from continual.tracking.logger import MLflowLogger
+    from continual.tracking.store import default_artifact_root
 
-    fp = fingerprint(children)
-    existing = find_runs(uri, experiment, SWEEP_TAG, fp)
     strategies = list(dict.fromkeys(c.cfg.strategy.name for c in children))
     label = name or f"sweep-{children[0].cfg.stream.name}-{'-'.join(strategies)[:60]}-x{len({c.seed for c in children})}"
     tracking_set = bool(children[0].cfg.tracking.uri)
-    return MLflowLogger(uri, experiment, run_name=label, run_id=existing[0].info.run_id if existing else None,
-                        tags={G.ROLE_TAG: "sweep", SWEEP_TAG: fp},
-                        params={"sweep": {"configs": list(configs), "overrides": list(overrides),
-                                          "seeds": list(seeds) if seeds is not None else "each config's own"}},
-                        artifact_location=None if tracking_set else default_artifact_root(output_dir))
+    return runs.open_parent(experiment, label, fingerprint(children),
+                            params={"sweep": {"configs": list(configs), "overrides": list(overrides),
+                                              "seeds": list(seeds) if seeds is not None else "each config's own"}},
+                            artifact_location=None if tracking_set else default_artifact_root(output_dir))
 
 
-def _group_runs(client: Any, parent: Any, children: Sequence[Child], output_dir: str) -> dict[str, str]:
+def _group_runs(runs: SweepRuns, parent: Any, children: Sequence[Child]) -> dict[str, str]:
     """One run per group under the parent (made now, so that children nest under it from the
     start): group key -> run id."""
-    from mlflow.entities import Param
-
-    existing = {r.data.tags.get(GROUP_TAG): r.info.run_id for r in client.search_runs(
-        [parent.experiment_id], filter_string=f"tags.`{G.PARENT_TAG}` = '{parent.run_id}' and tags.`{G.ROLE_TAG}` = 'group'")}
+    existing = runs.group_runs(parent)
     labelled, representatives = _labelled_groups(children)
     out = {}
     for g in labelled:
@@ -363,21 +354,14 @@ def _group_runs(client: Any, parent: Any, children: Sequence[Child], output_dir:
             out[g.key] = existing[g.key]
             continue
         cfg = representatives[g.key].cfg
-        run = client.create_run(parent.experiment_id, run_name=g.label, tags={
-            G.PARENT_TAG: parent.run_id, G.ROLE_TAG: "group", GROUP_TAG: g.key, "strategy": cfg.strategy.name,
-            "stream": cfg.stream.name, "mlflow.note.content": f"{g.label}: mean over seeds (the seeds' runs are nested below)"})
-        params = [Param(k, v) for k, v in as_params(to_dict(cfg)).items() if k != "seed"]
-        for start in range(0, len(params), 100):  # MLflow takes 100 params a call
-            client.log_batch(run.info.run_id, params=params[start:start + 100])
-        out[g.key] = run.info.run_id
+        params = {k: v for k, v in as_params(to_dict(cfg)).items() if k != "seed"}
+        out[g.key] = runs.open_group(parent, g.key, g.label, cfg.strategy.name, cfg.stream.name, params)
     return out
 
 
-def _log_answer(client: Any, parent: Any, found: list[G.Group], group_runs: dict[str, str], table: Any) -> None:
+def _log_answer(runs: SweepRuns, parent: Any, found: list[G.Group], group_runs: dict[str, str], table: Any) -> None:
     """Group runs: mean, std and n of every summary metric after every session, and their mean
     matrices; the parent: the table and the figures."""
-    from mlflow.entities import Metric
-
     from continual.figures import matrices as figures
 
     aggregates, matrices = {}, {}
@@ -385,25 +369,15 @@ def _log_answer(client: Any, parent: Any, found: list[G.Group], group_runs: dict
         run_id = group_runs.get(g.key)
         if run_id is None or not g.runs:
             continue
-        aggregates[g.key] = G.session_aggregates(client, g)
-        entities = []
-        for key, by_step in aggregates[g.key].items():
-            for step, s in by_step.items():
-                entities.append(Metric(key, s.mean, 0, step))
-                if s.n > 1:
-                    entities.append(Metric(f"std/{key}", s.std, 0, step))
-        steps = sorted({st for by_step in aggregates[g.key].values() for st in by_step})
-        entities += [Metric("seeds/n", len(g.runs), 0, st) for st in steps]
-        for start in range(0, len(entities), 1000):
-            client.log_batch(run_id, metrics=entities[start:start + 1000])
-        matrices[g.key] = G.mean_matrices(client, g)
-        with tempfile.TemporaryDirectory() as tmp:
+        aggregates[g.key] = G.session_aggregates(runs.client, g)
+        runs.log_group(run_id, aggregates[g.key], len(g.runs))
+        matrices[g.key] = G.mean_matrices(runs.client, g)
+        with runs.artifacts(run_id) as tmp:
             for m in matrices[g.key]:
                 figures.heatmap(m.mean, m.rows, m.columns, f"{g.label}: mean over {m.n} seeds", std=m.std).savefig(
                     f"{tmp}/{m.name}_mean_heatmap.png", dpi=120)
-            client.log_artifacts(run_id, tmp)
-        client.set_terminated(run_id, "FINISHED")
-    with tempfile.TemporaryDirectory() as tmp:
+        runs.finish_group(run_id)
+    with runs.artifacts(parent.run_id) as tmp:
         for fmt, suffix in (("md", "md"), ("csv", "csv"), ("latex", "tex")):
             Path(tmp, f"comparison.{suffix}").write_text(table.render(fmt))
         labelled = [(g.label, aggregates[g.key]) for g in found if g.key in aggregates]
@@ -414,4 +388,3 @@ def _log_answer(client: Any, parent: Any, found: list[G.Group], group_runs: dict
         fig = figures.matrix_grid([(g.label, matrices[g.key][0]) for g in found if matrices.get(g.key)])
         if fig is not None:
             fig.savefig(f"{tmp}/mean_matrices.png", dpi=110)
-        client.log_artifacts(parent.run_id, tmp)

@@ -6,7 +6,8 @@ test data, future sessions included: accuracy on classification streams, image-t
 text-to-image R@1 (one matrix per direction) on image-text streams. After each row it also
 evaluates the control data (never trained on), computes every summary metric of the rows so
 far, checkpoints the trained parameters and the runner's state, and logs all of it to MLflow
-with step = i.
+with step = i. The rows and what is logged of them: :mod:`continual.run.session`; the metrics'
+names: :mod:`continual.tracking.names`.
 
 Under torchrun (see :mod:`continual.system.distributed`) every process runs this same function on its
 shard of the data; only rank 0 prints, logs to MLflow and writes checkpoints.
@@ -29,10 +30,11 @@ from omegaconf import DictConfig
 
 from continual.run import checkpoint
 from continual.run import faults
+from continual.run import session
 from continual.tracking import labels as run_info
+from continual.tracking import names as N
 from continual.config import fidelity
 from continual.system import distributed
-from continual.measure import metrics as M
 from continual.config.load import to_dict, to_yaml
 from continual.context import StrategyContext
 from continual.errors import UserError
@@ -43,12 +45,6 @@ from continual.registry import CONTROLS
 from continual.system.signals import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
-
-
-PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
-
-# The matrices of each kind of stream, and the prefix of their metrics in MLflow.
-MATRICES = {"classification": {"accuracy": "acc"}, "pairs": {"i2t_r1": "i2t", "t2i_r1": "t2i"}}
 
 
 @dataclass
@@ -116,20 +112,92 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     ``on_row(i, metrics, run_id)`` is called after row i is logged (a tuning trial reports to its
     pruner there, and stops the run by raising).
     """
-    from continual.clip.backbone import load_backbone
-    from continual.clip.features import image_inputs, text_inputs
-    from continual.clip.heads import ClipClassifier, per_class, prompts
-    from continual.run.pretrain import resolve_base
-    from continual.tracking.store import default_artifact_root, ensure_store
-    from continual.tracking.logger import MLflowLogger
-    from continual.run.loss_components import training_curves
+    ready = prepare(cfg, echo, progress, resume, fresh, parent)  # everything wrong with the input fails here
+    rows = session.Rows.of(ready.stream)
+    T = rows.n_sessions
+    try:
+        strategy = _strategy(ready)
+        log = session.SessionLog(ready.logger, cfg, ready.stream, rows)
+        first = _resume_or_start(ready, strategy, rows, log)
+        for i in range(first, T + 1):
+            record = _train(strategy, ready.stream, i)
+            _evaluate(ready, rows, record, i)
+            log.take_diagnostics(ready.diagnostics, wait_all=i == T)  # the last row's before the last checkpoint
+            if distributed.is_main():
+                _checkpoint(ready, strategy, rows, i)
+            metrics = log.row(i)
+            ready.echo(session.describe_row(i, metrics))
+            if on_row is not None:
+                on_row(i, metrics, ready.logger.run_id)
+        log.take_diagnostics(ready.diagnostics, wait_all=True)
+        summary = log.finish()
+    except BaseException as exc:
+        if ready.diagnostics is not None:
+            ready.diagnostics.close()  # no figure handed to the logger after it ends the run
+        faults.end_run(ready.logger, exc, ready.ckpt_dir)  # KILLED on a signal, else FAILED; raises the one line to show
+        raise
+    finally:
+        if ready.diagnostics is not None:
+            ready.diagnostics.close()
+        ready.run_lock.release()
+    return RunResult(ready.logger.run_id, ready.uri, next(iter(rows.matrices.values())), rows.control, summary,
+                     rows.sessions, rows.matrices)
 
-    # Everything that can be wrong with the input fails here, before any model is built.
+
+# -- the run's parts, in the order it calls them -----------------------------------------------
+@dataclass
+class Encoders:
+    """The model's inputs of images and of texts: the frozen trunks' features (computed once and
+    cached), or preprocessed images and tokens where a trunk trains."""
+
+    backbone: Any
+    augment: bool  # training images augmented (only where the image trunk trains: cached features cannot be)
+
+    def images(self, ds: Any, key: str, train: bool = False) -> Any:
+        from continual.clip.features import image_inputs
+
+        b = self.backbone
+        preprocess = b.preprocess_train if train and self.augment else b.preprocess
+        return image_inputs(ds, key, preprocess, b.image_trunk, b.fingerprint("image"))
+
+    def texts(self, texts: Any) -> Any:
+        from continual.clip.features import text_inputs
+
+        b = self.backbone
+        return text_inputs(texts, b.tokenizer, b.text_trunk, b.fingerprint("text"))
+
+
+@dataclass
+class Prepared:
+    """A run ready to train (:func:`prepare`): its checked input, its model and data, its MLflow run."""
+
+    cfg: DictConfig
+    echo: Echo  # silent on ranks other than 0, as is the progress bar
+    progress: bool
+    uri: str
+    resumed: Optional[str]  # the unfinished run continued, None for a new one
+    run_lock: RunLock
+    strategy_cls: Any
+    params: Any
+    device: Any
+    encoders: Encoders
+    stream: Any
+    control: Any
+    classifier: Any
+    diagnostics: Optional[ProbeDiagnostics]
+    logger: Any
+    ckpt_dir: Path
+
+
+def prepare(cfg: DictConfig, echo: Echo, progress: bool, resume: Optional[str], fresh: bool,
+            parent: Optional[str]) -> Prepared:
+    """Check the input (before any model is built), join the process group under torchrun, find
+    the run to continue, build the model and the data, open the MLflow run and hold it."""
+    from continual.tracking.store import ensure_store
+
     seed_everything(cfg.seed)
     checked = preflight(cfg)  # the same checks as --dry-run's
-    strategy_cls, params, stream_fn, uri = checked.strategy_cls, checked.params, checked.stream_fn, checked.uri
-    # Under torchrun: join the process group; only rank 0 speaks.
-    device = distributed.init(cfg.device)
+    device = distributed.init(cfg.device)  # under torchrun: join the process group; only rank 0 speaks
     if not distributed.is_main():
         echo, progress = (lambda _: None), False
     if cfg.threads:
@@ -138,172 +206,154 @@ def run(cfg: DictConfig, echo: Echo = print, progress: bool = True, resume: Opti
     fingerprint = config_fingerprint(cfg)
     run_lock = RunLock(Path(cfg.output_dir) / "checkpoints")  # one process trains a run at a time
     if distributed.is_main():
-        ensure_store(uri)  # created once, whole, however many runs start together
-    run_id = distributed.broadcast_object(resumable_run(cfg, uri, fingerprint, resume, fresh, parent, run_lock)
-                                          if distributed.is_main() else None)
+        ensure_store(checked.uri)  # created once, whole, however many runs start together
+    resumed = distributed.broadcast_object(resumable_run(cfg, checked.uri, fingerprint, resume, fresh, parent, run_lock)
+                                           if distributed.is_main() else None)
+    encoders, stream, control = _model_and_data(cfg, checked.strategy_cls, checked.stream_fn, echo)
+    classifier = _classifier(cfg, encoders, stream)
+    diagnostics = ProbeDiagnostics.from_config(cfg, stream, control, classifier)  # None when switched off
+    logger = _open_logger(cfg, checked.uri, resumed, fingerprint, len(stream.sessions), parent)
+    if distributed.is_main():
+        run_lock.acquire(logger.run_id)  # a new run: nobody else can hold it yet
+    return Prepared(cfg, echo, progress, checked.uri, resumed, run_lock, checked.strategy_cls, checked.params, device,
+                    encoders, stream, control, classifier, diagnostics, logger,
+                    Path(cfg.output_dir) / "checkpoints" / logger.run_id)
+
+
+def _model_and_data(cfg: DictConfig, strategy_cls: Any, stream_fn: Callable, echo: Echo) -> tuple[Encoders, Any, Any]:
+    """The backbone's encoders, the stream and the control data (None without one)."""
+    from continual.clip.backbone import load_backbone
+    from continual.run.pretrain import resolve_base
 
     distributed.local_first_begin()  # one process per machine builds the base and caches features first
     trainable = strategy_cls.backbone_trainable or cfg.model.trainable
     backbone = load_backbone(cfg.model.name, cfg.model.pretrained or "", trainable, cfg.model.train_logit_scale,
                              resolve_base=lambda name: resolve_base(name, echo))
-
-    augment = cfg.stream.augment and backbone.image_trunk is None  # cached trunk features cannot be augmented
-    if cfg.stream.augment and not augment:
+    encoders = Encoders(backbone, augment=cfg.stream.augment and backbone.image_trunk is None)
+    if cfg.stream.augment and not encoders.augment:
         echo("stream.augment: off, the frozen image trunk's features are computed once and cached "
              "(augmentation needs model.trainable=image or all)")
-
-    def encode_images(ds, key, train=False):
-        preprocess = backbone.preprocess_train if train and augment else backbone.preprocess
-        return image_inputs(ds, key, preprocess, backbone.image_trunk, backbone.fingerprint("image"))
-
-    def encode_texts(texts):
-        return text_inputs(texts, backbone.tokenizer, backbone.text_trunk, backbone.fingerprint("text"))
-
     t0 = time.perf_counter()
-    stream = stream_fn(cfg.stream, cfg.seed, encode_images, encode_texts)
-    control = (CONTROLS.get(cfg.control.name)(cfg.control, encode_images, encode_texts)
+    stream = stream_fn(cfg.stream, cfg.seed, encoders.images, encoders.texts)
+    control = (CONTROLS.get(cfg.control.name)(cfg.control, encoders.images, encoders.texts)
                if cfg.control.name and cfg.stream.evaluate_on == "test" else None)  # off while test data is sealed (tuning)
     control = _without_stream_concepts(control, stream, echo)
     _check_control_unseen(control, backbone.base_meta)
     distributed.local_first_end()
     echo(f"data ready in {time.perf_counter() - t0:.0f} s: " + "; ".join(stream.plan()[:1] + (control.plan() if control else [])))
+    return encoders, stream, control
+
+
+def _classifier(cfg: DictConfig, encoders: Encoders, stream: Any) -> Any:
+    """The zero-shot classifier over the stream's classes, from their prompts."""
+    from continual.clip.heads import ClipClassifier, per_class, prompts
 
     templates = per_class(class_templates(cfg, stream), len(stream.class_names))
-    classifier = ClipClassifier(backbone.model, stream.class_names, encode_texts(prompts(stream.class_names, templates)),
-                                [len(t) for t in templates], cfg.model.train_templates)
-    diagnostics = ProbeDiagnostics.from_config(cfg, stream, control, classifier)  # None when switched off
-    T = len(stream.sessions)
-    matrices = {name: np.full((T + 1, T), np.nan) for name in MATRICES[stream.kind]}
-    control_rows: list[dict] = []
-    sessions: list[dict] = []
-    test_sizes = [s.n_test for s in stream.sessions]
+    return ClipClassifier(encoders.backbone.model, stream.class_names,
+                          encoders.texts(prompts(stream.class_names, templates)), [len(t) for t in templates],
+                          cfg.model.train_templates)
+
+
+def _open_logger(cfg: DictConfig, uri: str, run_id: Optional[str], fingerprint: str, n_sessions: int,
+                 parent: Optional[str]) -> Any:
+    """The run's MLflow logger (a silent one on ranks other than 0): a new run, or ``run_id`` re-opened."""
+    from continual.tracking.logger import MLflowLogger
+    from continual.tracking.store import default_artifact_root
+
     logger = MLflowLogger(
         uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name or run_info.default_run_name(cfg), run_id=run_id,
         tags={"strategy": cfg.strategy.name, "stream": cfg.stream.name, "model": cfg.model.name,
-              "pretrained": cfg.model.pretrained or "random init", "seed": str(cfg.seed),
-              "config_fingerprint": fingerprint, "sessions": str(T), **({PARENT_TAG: parent} if parent else {})},
+              "pretrained": cfg.model.pretrained or "random init", N.SEED_TAG: str(cfg.seed),
+              N.FINGERPRINT_TAG: fingerprint, N.SESSIONS_TAG: str(n_sessions), **({N.PARENT_TAG: parent} if parent else {})},
         params=to_dict(cfg),
         artifact_location=None if cfg.tracking.uri else default_artifact_root(cfg.output_dir),
     ) if distributed.is_main() else distributed.SilentLogger(None)
     logger.run_id = distributed.broadcast_object(logger.run_id)
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints" / logger.run_id
-    if distributed.is_main():
-        run_lock.acquire(logger.run_id)  # a new run: nobody else can hold it yet
-    try:
-        plugins = []
-        if progress:
-            from continual.run.progress import ProgressBar
-            plugins.append(ProgressBar())
-        seed_everything(cfg.seed)  # the same initialisation and data order whatever ran before
-        context = StrategyContext(encode_texts, backbone.tokenizer, backbone.text_trunk,
-                                  reference=reference_pairs(cfg, encode_images, encode_texts), encode_images=encode_images)
-        strategy = strategy_cls(classifier=classifier, train=cfg.train, params=params, context=context,
-                                plugins=plugins, device=str(device), eval_batch_size=cfg.eval.batch_size,
-                                evaluator=training_curves(logger) if distributed.is_main() else None,
-                                task_loss=task_loss(cfg, stream), session_lr=session_lrs(cfg, stream))
-        columns, chance = run_info.session_labels(stream), run_info.chance_levels(stream, cfg.eval.label_space)
+    return logger
 
-        def log_row(i: int, record: dict) -> dict:
-            metrics = session_metrics({k: m[: i + 1] for k, m in matrices.items()}, control_rows, test_sizes, record)
-            logger.log_metrics(metrics, step=i)
-            logger.set_description(run_info.describe(cfg, metrics, i, T))
-            rows = run_info.row_labels(i + 1)
-            for name, m in matrices.items():
-                what = "accuracy (%)" if name == "accuracy" else f"{name.replace('_r1', '').replace('2', '-to-')} R@1 (%)"
-                logger.log_matrix(f"{name}_matrix", m[: i + 1], rows, columns, value_label=what, chance=chance,
-                                  title=f"{cfg.strategy.name} on {cfg.stream.name}, seed {cfg.seed}: {what}")
-            if "per_class" in record:  # accuracy of every class's test images, one row per session
-                logger.log_matrix("per_class_accuracy", [s["per_class"] for s in sessions[: i + 1]], rows,
-                                  stream.class_names, figures=False)
-            return metrics
 
-        def take_diagnostics(wait_all: bool = False) -> None:
-            """The rows whose diagnostics were compared meanwhile: into their records, and their
-            metrics held for the logger's next send (step: their row)."""
-            for j, result in diagnostics.finished(wait_all) if diagnostics is not None else []:
-                sessions[j].update(result)
-                metrics = {**result["diagnostics"],
-                           "session/diagnostics_compute_seconds": result["diagnostics_compute_seconds"]}
-                logger.hold_metrics([(name, value, j) for name, value in metrics.items()])
+def _strategy(ready: Prepared) -> Any:
+    """The strategy, seeded afresh: the same initialisation and data order whatever ran before."""
+    from continual.run.loss_components import training_curves
 
-        first = 0
-        state = distributed.broadcast_object(checkpoint.load(ckpt_dir) if run_id and distributed.is_main() else None)
-        if run_id and state is None:
-            raise UserError(f"run {run_id} has no checkpoint in {ckpt_dir}; run without --resume to start afresh")
-        if state is not None:
-            k = state["session"]
-            for name, rows in state["matrices"].items():
-                matrices[name][: k + 1] = np.array(rows, dtype=float)
-            control_rows[:], sessions[:] = state["control"], state["sessions"]
-            checkpoint.restore(classifier.model, state)
-            strategy.load_resume_state(state["strategy"])
-            if diagnostics is not None:
-                diagnostics.restore(state["extra"], k)
-                diagnostics.resume(k, classifier.model, logger)
-            if distributed.is_main():  # what a crash kept from the log (the logger skips points already logged)
-                logger.hold_metrics(state.get("held_metrics", []))  # the session's training curves
-                log_row(k, sessions[k])
-            first = k + 1
-            echo(f"MLflow run {logger.run_id} in {uri}: resuming after session {k} of {T}")
-        else:
-            echo(f"MLflow run {logger.run_id} in {uri}")
-            logger.log_text(to_yaml(cfg), "config.yaml")
-            logger.log_text("\n".join(plan_lines(stream, control)) + "\n", "plan.txt")
-        for i in range(first, T + 1):
-            record: dict[str, Any] = {"session": i}
-            if i > 0:
-                experience = stream.benchmark.train_stream[i - 1]
-                start, seen_before = time.perf_counter(), strategy.examples_seen
-                strategy.train(experience, eval_streams=[])
-                record["train_seconds"] = time.perf_counter() - start
-                record["examples"] = strategy.examples_seen - seen_before
-                record["examples_per_s"] = record["examples"] / max(record["train_seconds"], 1e-9)
-            record["trainable_params"] = sum(p.numel() for p in strategy.model.parameters() if p.requires_grad)
-            start = time.perf_counter()
-            row = evaluate_row(classifier, stream, cfg, seen=i)
-            for name in matrices:
-                matrices[name][i] = row.pop(name)
-            record.update(row)  # per-session retrieval details (image-text), per-class accuracy (classification)
-            if control is not None:
-                from continual.run.evaluation import retrieval
-                control_rows.append(retrieval(classifier.model, control, cfg.eval.batch_size))
-            record["eval_seconds"] = time.perf_counter() - start
-            if diagnostics is not None:  # spatial disorder since row 0 and since the row before,
-                # compared on a worker thread while the next session trains
-                record["diagnostics_seconds"] = diagnostics.submit(i, classifier.model, logger)
-            sessions.append(record)
-            take_diagnostics(wait_all=i == T)  # the last row's before the last checkpoint
-            if distributed.is_main():
-                checkpoint.save(ckpt_dir, i, classifier.model, {
-                    "matrices": {k: m[: i + 1].tolist() for k, m in matrices.items()},
-                    "control": control_rows, "sessions": sessions,
-                    "strategy": strategy.resume_state(), "run_id": logger.run_id,
-                    "held_metrics": logger.held_metrics()},  # the session's training curves, sent by log_row
-                    extra=diagnostics.tensors() if diagnostics is not None else None)
-            metrics = log_row(i, record)
-            echo(describe_row(i, metrics))
-            if on_row is not None:
-                on_row(i, metrics, logger.run_id)
-        take_diagnostics(wait_all=True)
-        summary = {k: v for k, v in session_metrics(matrices, control_rows, test_sizes, sessions[-1]).items()
-                   if not k.startswith("session/")}
-        summary["total/train_seconds"] = sum(s.get("train_seconds", 0.0) for s in sessions)
-        summary["total/eval_seconds"] = sum(s["eval_seconds"] for s in sessions)
-        logger.log_metrics({k: v for k, v in summary.items() if k.startswith("total/")}, step=T)
-        logger.log_json({"summary": summary, "sessions": sessions, "control": control_rows,
-                         **{k: m.tolist() for k, m in matrices.items()}}, "summary.json")
-        logger.finish("FINISHED")
-    except BaseException as exc:
-        if diagnostics is not None:
-            diagnostics.close()  # no figure handed to the logger after it ends the run
-        faults.end_run(logger, exc, ckpt_dir)  # KILLED on a signal, else FAILED; raises the one line to show
-        raise
-    finally:
-        if diagnostics is not None:
-            diagnostics.close()
-        run_lock.release()
-    first = next(iter(matrices.values()))
-    return RunResult(logger.run_id, uri, first, control_rows, summary, sessions, matrices)
+    cfg, encoders = ready.cfg, ready.encoders
+    plugins = []
+    if ready.progress:
+        from continual.run.progress import ProgressBar
+        plugins.append(ProgressBar())
+    seed_everything(cfg.seed)
+    context = StrategyContext(encoders.texts, encoders.backbone.tokenizer, encoders.backbone.text_trunk,
+                              reference=reference_pairs(cfg, encoders.images, encoders.texts),
+                              encode_images=encoders.images)
+    return ready.strategy_cls(classifier=ready.classifier, train=cfg.train, params=ready.params, context=context,
+                              plugins=plugins, device=str(ready.device), eval_batch_size=cfg.eval.batch_size,
+                              evaluator=training_curves(ready.logger) if distributed.is_main() else None,
+                              task_loss=task_loss(cfg, ready.stream), session_lr=session_lrs(cfg, ready.stream))
+
+
+def _resume_or_start(ready: Prepared, strategy: Any, rows: session.Rows, log: session.SessionLog) -> int:
+    """The first row to evaluate. A continued run restores its last checkpoint (rows, model,
+    strategy, diagnostics) and logs that row again, then goes on after it; a new run logs its
+    config and plan, and starts at row 0 (the model before training)."""
+    state = distributed.broadcast_object(checkpoint.load(ready.ckpt_dir) if ready.resumed and distributed.is_main()
+                                         else None)
+    if ready.resumed and state is None:
+        raise UserError(f"run {ready.resumed} has no checkpoint in {ready.ckpt_dir}; run without --resume to start afresh")
+    logger = ready.logger
+    if state is None:
+        ready.echo(f"MLflow run {logger.run_id} in {ready.uri}")
+        logger.log_text(to_yaml(ready.cfg), "config.yaml")
+        logger.log_text("\n".join(plan_lines(ready.stream, ready.control)) + "\n", "plan.txt")
+        return 0
+    k = rows.restore(state)
+    checkpoint.restore(ready.classifier.model, state)
+    strategy.load_resume_state(state["strategy"])
+    if ready.diagnostics is not None:
+        ready.diagnostics.restore(state["extra"], k)
+        ready.diagnostics.resume(k, ready.classifier.model, logger)
+    if distributed.is_main():  # what a crash kept from the log (the logger skips points already logged)
+        logger.hold_metrics(state.get("held_metrics", []))  # the session's training curves
+        log.row(k)
+    ready.echo(f"MLflow run {logger.run_id} in {ready.uri}: resuming after session {k} of {rows.n_sessions}")
+    return k + 1
+
+
+def _train(strategy: Any, stream: Any, i: int) -> dict[str, Any]:
+    """Train session i (nothing for row 0); the row's record so far."""
+    record: dict[str, Any] = {"session": i}
+    if i > 0:
+        experience = stream.benchmark.train_stream[i - 1]
+        start, seen_before = time.perf_counter(), strategy.examples_seen
+        strategy.train(experience, eval_streams=[])
+        record["train_seconds"] = time.perf_counter() - start
+        record["examples"] = strategy.examples_seen - seen_before
+        record["examples_per_s"] = record["examples"] / max(record["train_seconds"], 1e-9)
+    record["trainable_params"] = sum(p.numel() for p in strategy.model.parameters() if p.requires_grad)
+    return record
+
+
+def _evaluate(ready: Prepared, rows: session.Rows, record: dict[str, Any], i: int) -> None:
+    """Row i: every session's test score and the control data's retrieval, into ``rows`` with
+    ``record``; the row's diagnostics submitted."""
+    from continual.run.evaluation import retrieval
+
+    model, batch_size = ready.classifier.model, ready.cfg.eval.batch_size
+    start = time.perf_counter()
+    scores = evaluate_row(ready.classifier, ready.stream, ready.cfg, seen=i)  # looked up now: tests replace it
+    control = retrieval(model, ready.control, batch_size) if ready.control is not None else None
+    rows.add(i, scores, control, record)
+    record["eval_seconds"] = time.perf_counter() - start
+    if ready.diagnostics is not None:  # spatial disorder since row 0 and since the row before,
+        # compared on a worker thread while the next session trains
+        record["diagnostics_seconds"] = ready.diagnostics.submit(i, model, ready.logger)
+
+
+def _checkpoint(ready: Prepared, strategy: Any, rows: session.Rows, i: int) -> None:
+    """Rows 0..i, the trained parameters and the strategy's state, and the metrics held."""
+    checkpoint.save(ready.ckpt_dir, i, ready.classifier.model, {
+        **rows.state(i), "strategy": strategy.resume_state(), "run_id": ready.logger.run_id,
+        "held_metrics": ready.logger.held_metrics()},  # the session's training curves, sent by log.row
+        extra=ready.diagnostics.tensors() if ready.diagnostics is not None else None)
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -330,15 +380,15 @@ def resumable_run(cfg: DictConfig, uri: str, fingerprint: str, resume: Optional[
             found = MlflowClient(uri).get_run(resume)
         except MlflowException:
             raise UserError(f"--resume {resume}: no such run in {uri}") from None
-        if found.data.tags.get("config_fingerprint") != fingerprint:
+        if found.data.tags.get(N.FINGERPRINT_TAG) != fingerprint:
             raise UserError(f"--resume {resume}: that run was started with a different config; "
                             "give the same config and overrides, or drop --resume")
         return _claim(resume, uri, lock)
     if fresh:
         return None
-    for candidate in find_runs(uri, cfg.tracking.experiment, "config_fingerprint", fingerprint):
+    for candidate in find_runs(uri, cfg.tracking.experiment, N.FINGERPRINT_TAG, fingerprint):
         folder = Path(cfg.output_dir) / "checkpoints" / candidate.info.run_id
-        if candidate.data.tags.get(PARENT_TAG) != parent:
+        if candidate.data.tags.get(N.PARENT_TAG) != parent:
             continue
         if candidate.info.status != "FINISHED" and (folder / checkpoint.STATE_FILE).exists():
             return _claim(candidate.info.run_id, uri, lock)
@@ -385,7 +435,7 @@ def plan_lines(stream: Any, control: Any) -> list[str]:
 
 def evaluate_row(classifier: Any, stream: Any, cfg: DictConfig, seen: int) -> dict[str, Any]:
     """Every session's test score (future ones included) for the current model: a value per
-    matrix (``MATRICES[stream.kind]``), as arrays over sessions; image-text streams add each
+    matrix (``names.MATRICES[stream.kind]``), as arrays over sessions; image-text streams add each
     session's full retrieval metrics under ``retrieval``, classification streams each class's
     accuracy under ``per_class``."""
     from continual.run.evaluation import class_counts, retrieval
@@ -397,78 +447,14 @@ def evaluate_row(classifier: Any, stream: Any, cfg: DictConfig, seen: int) -> di
     row = np.empty(len(stream.sessions))
     correct = total = np.zeros(len(stream.class_names))
     seen_classes = [c for s in stream.sessions[:seen] for c in s.classes]
-    for j, session in enumerate(stream.sessions):
-        classes = {"all": None, "session": session.classes,
-                   "seen": sorted(set(seen_classes) | set(session.classes))}[cfg.eval.label_space]
+    for j, tested in enumerate(stream.sessions):
+        classes = {"all": None, "session": tested.classes,
+                   "seen": sorted(set(seen_classes) | set(tested.classes))}[cfg.eval.label_space]
         hits, items = class_counts(classifier, stream.benchmark.test_stream[j].dataset, classes, cfg.eval.batch_size)
         row[j] = 100.0 * hits.sum() / max(items.sum(), 1.0)
         correct, total = correct + hits, total + items
     with np.errstate(invalid="ignore", divide="ignore"):  # classes without test images: NaN
         return {"accuracy": row, "per_class": (100.0 * correct / total).tolist()}
-
-
-def matrix_metrics(R: np.ndarray, test_sizes: list[int], prefix: str) -> dict[str, float]:
-    """The last row's cells and every summary metric of one matrix. Accuracy keeps its historic
-    names (acc/session_j, acc/seen, cl/*, mtil/*); others are prefixed (i2t/session_j,
-    i2t/seen, i2t/cl/*, i2t/mtil/*)."""
-    i = R.shape[0] - 1
-    group = "" if prefix == "acc" else f"{prefix}/"
-    out: dict[str, float] = {f"{prefix}/session_{j + 1}": float(v) for j, v in enumerate(R[i])}
-    if i > 0:
-        out[f"{prefix}/seen"] = float(M.accuracy_on_seen(R, True, test_sizes)[-1])
-        summary = M.summarize(R, initial_row=True, weights=test_sizes)
-        for key in ("avg_acc", "avg_inc_acc", "forgetting", "bwt", "fwt", "pd"):
-            out[f"{group}cl/{key}"] = summary[key]
-        for key in ("transfer", "avg", "last"):
-            out[f"{group}mtil/{key}"] = summary[key]
-    return out
-
-
-def session_metrics(matrices: dict[str, np.ndarray], control_rows: list[dict], test_sizes: list[int],
-                    record: dict) -> dict[str, float]:
-    """Every metric logged after the session of the matrices' last row."""
-    out: dict[str, float] = {}
-    for name, R in matrices.items():
-        out.update(matrix_metrics(R, test_sizes, _prefix(name)))
-    for j, scores in enumerate(record.get("retrieval", [])):  # R@5/10, median ranks per session
-        out.update({f"retrieval/session_{j + 1}/{k}": float(v) for k, v in scores.items()})
-    if control_rows:
-        now, first = control_rows[-1], control_rows[0]
-        out.update({f"control/{k}": float(v) for k, v in now.items()})
-        r1_now = (now["i2t_r1"] + now["t2i_r1"]) / 2
-        r1_first = (first["i2t_r1"] + first["t2i_r1"]) / 2
-        out["control/r1_mean"] = r1_now
-        ret = M.retention(r1_now, r1_first)
-        out["retention/absolute"], out["retention/relative"] = ret["absolute"], ret["relative"]
-    out.update(record.get("diagnostics", {}))
-    for key in ("train_seconds", "eval_seconds", "diagnostics_seconds", "diagnostics_compute_seconds", "examples",
-                "examples_per_s", "trainable_params"):
-        if key in record:
-            out[f"session/{key}"] = float(record[key])
-    return out
-
-
-def _prefix(matrix: str) -> str:
-    return next(p for kinds in MATRICES.values() for name, p in kinds.items() if name == matrix)
-
-
-def describe_row(i: int, m: dict[str, float]) -> str:
-    parts = [f"{'before training' if i == 0 else f'after session {i}'}:"]
-    prefixes = [p for p in ("acc", "i2t", "t2i") if f"{p}/session_1" in m]
-    for p in prefixes:
-        what = "acc" if p == "acc" else f"{p} R@1"
-        group = "" if p == "acc" else f"{p}/"
-        if i == 0:
-            parts.append(f"zero-shot {what} {np.mean([v for k, v in m.items() if k.startswith(f'{p}/session_')]):.1f}%")
-        else:
-            parts.append(f"seen {what} {m[f'{p}/seen']:.1f}%")
-            if not np.isnan(m[f"{group}cl/forgetting"]):
-                parts.append(f"forgetting {m[f'{group}cl/forgetting']:.1f}")
-    if "control/r1_mean" in m:
-        parts.append(f"control R@1 {m['control/r1_mean']:.1f}% (retention {m['retention/relative']:.2f})")
-    if "session/train_seconds" in m:
-        parts.append(f"train {m['session/train_seconds']:.1f} s ({m['session/examples_per_s']:,.0f} ex/s)")
-    return " | ".join(parts)
 
 
 def _check_control_unseen(control: Any, base_meta: Optional[dict]) -> None:

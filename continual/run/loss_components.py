@@ -16,6 +16,8 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics import loss_metrics
 from avalanche.training.plugins import EvaluationPlugin
 
+from continual.tracking import names as N
+
 
 class LossComponents(PluginMetric[Dict[str, float]]):
     """Epoch means of ``strategy.loss_terms``, emitted as ``loss/<term>`` at the epoch's end
@@ -45,7 +47,7 @@ class LossComponents(PluginMetric[Dict[str, float]]):
 
     def after_training_epoch(self, strategy: Any) -> list[MetricValue]:
         x = strategy.clock.train_iterations
-        return [MetricValue(self, f"loss/{name}", value, x) for name, value in sorted(self.result().items())]
+        return [MetricValue(self, N.loss(name), value, x) for name, value in sorted(self.result().items())]
 
     def __str__(self) -> str:
         return "LossComponents"

@@ -27,10 +27,8 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from continual.measure import disorder as D
 from continual.system import distributed
 from continual.errors import UserError
+from continual.tracking import names as N
 
-# The diagnostics `continual run` prints in its final summary (all of them go to MLflow).
-HEADLINE = ("diag/image/rotation_mean_deg", "diag/text/rotation_mean_deg", "diag/pairs/deviation_deg",
-            "diag/gap/centroid_distance")
 _MODALITIES = ("image", "text")
 _ANGLES = ("rotation", "residual")  # per-item angles kept for the figure, against row 0
 
@@ -205,12 +203,12 @@ class ProbeDiagnostics:
     def _compare(self, i: int, now: D.ProbeFeatures, logger: Any) -> dict[str, Any]:
         """Row i against row 0 and the row before (on the worker thread, rows in order)."""
         start = time.perf_counter()
-        metrics = {f"diag/{k}": v for k, v in D.snapshot(now).items()}
+        metrics = {N.diag(k): v for k, v in D.snapshot(now).items()}
         if i > 0:
             since_start, angles = D.compare(self.start, now, self.neighbours)
             step = since_start if self.previous is self.start else D.compare(self.previous, now, self.neighbours)[0]
-            metrics.update({f"diag/{k}": v for k, v in since_start.items()})
-            metrics.update({f"diag/step/{k}": v for k, v in step.items()})
+            metrics.update({N.diag(k): v for k, v in since_start.items()})
+            metrics.update({N.diag_step(k): v for k, v in step.items()})
         with self._lock:
             if i == 0:
                 self.start = now

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
+from continual.tracking import names as N
+
 
 def default_run_name(cfg: DictConfig) -> str:
     """``{strategy}-{stream}-s{seed}``, e.g. ``vrlwf-fashion-mnist-s0``."""
@@ -29,19 +31,18 @@ def describe(cfg: DictConfig, metrics: Mapping[str, float], session: int, n_sess
     head = f"{cfg.strategy.name} on {cfg.stream.name}, seed {cfg.seed}, "
     head += "before training" if session == 0 else f"after session {session} of {n_sessions}"
     parts = []
-    for prefix, what in (("acc", "accuracy"), ("i2t", "image-to-text R@1"), ("t2i", "text-to-image R@1")):
-        group = "" if prefix == "acc" else f"{prefix}/"
+    for prefix, what in ((N.ACC, "accuracy"), (N.I2T, "image-to-text R@1"), (N.T2I, "text-to-image R@1")):
         if session == 0:
-            cells = [v for k, v in metrics.items() if k.startswith(f"{prefix}/session_")]
+            cells = [v for k, v in metrics.items() if k.startswith(N.cell_prefix(prefix))]
             if cells:
                 parts.append(f"zero-shot {what} {sum(cells) / len(cells):.1f}%")
             continue
-        seen, forgetting = _number(metrics, f"{prefix}/seen"), _number(metrics, f"{group}cl/forgetting")
+        seen, forgetting = _number(metrics, N.seen(prefix)), _number(metrics, N.cl("forgetting", prefix))
         if seen is not None:
             parts.append(f"{what} on seen sessions {seen:.1f}%")
         if forgetting is not None:
             parts.append(f"forgetting {forgetting:.1f} pts")
-    r1, retention = _number(metrics, "control/r1_mean"), _number(metrics, "retention/relative")
+    r1, retention = _number(metrics, N.CONTROL_R1_MEAN), _number(metrics, N.RETENTION_RELATIVE)
     if r1 is not None:
         parts.append(f"control R@1 {r1:.1f}%" + (f" (retention {retention:.2f}x)" if retention is not None else ""))
     return head + ": " + "; ".join(parts)

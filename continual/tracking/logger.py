@@ -36,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from continual.tracking.background import LatestWins
+from continual.tracking.names import EXPERIMENT_KIND_TAG, NOTE_TAG
 from continual.figures.drawing import save_figure
 from continual.figures.matrices import curves, heatmap
 from continual.tracking.params import MAX_TAG_VALUE_LENGTH, safe_key, truncate, flatten
@@ -47,8 +48,7 @@ __all__ = ["flatten", "MLflowLogger"]
 
 # MLflow 3 opens an experiment in the view its kind names: ours are model training, not GenAI
 # traces (which it guesses for untagged experiments).
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-NOTE_TAG = "mlflow.note.content"  # a run's description
+EXPERIMENT_KIND = "custom_model_development"
 
 # MLflow's own limits (mlflow.utils.validation); exceeding them makes the whole call fail.
 _MAX_PARAMS_TAGS_PER_BATCH = 100
