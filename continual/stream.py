@@ -38,7 +38,7 @@ class Session:
     name: str = ""  # e.g. the dataset (MTIL) or the group (image-text) of the session
     shots: int = 0  # training examples per class when fixed (few-shot sessions), else 0
 
-    def describe(self, class_names: list[str], limit: int = 12) -> str:
+    def plan_line(self, class_names: list[str], limit: int = 12) -> str:
         title = f"session {self.index}" + (f" ({self.name})" if self.name else "")
         shots = f", {self.shots} shots each" if self.shots else ""
         names = ", ".join(class_names[c] for c in self.classes[:limit])
@@ -66,7 +66,7 @@ class ClassificationStream:
     def plan(self) -> list[str]:
         lines = [f"stream {self.name}: {len(self.sessions)} sessions, {len(self.class_names)} classes"]
         lines += [f"  {note}" for note in self.notes]
-        lines += [f"  {s.describe(self.class_names)}" for s in self.sessions]
+        lines += [f"  {s.plan_line(self.class_names)}" for s in self.sessions]
         return lines
 
 

@@ -230,4 +230,4 @@ def test_offline_mtil_runs_end_to_end_and_logs_its_matrices(tmp_path, strategy) 
     for key in ("mtil/transfer", "mtil/avg", "mtil/last"):
         assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2, 3, 4]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"accuracy_matrix.csv", "accuracy_matrix_heatmap.png", "plan.txt"} <= artifacts
+    assert {"accuracy_matrix.csv", "accuracy_matrix_heatmap.png", "data_plan.txt"} <= artifacts

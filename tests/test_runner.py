@@ -56,7 +56,7 @@ def test_artifacts_hold_the_config_and_the_matrix(finetune_run):
     client = MlflowClient(result.tracking_uri)
     names = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "accuracy_matrix.csv", "accuracy_matrix_heatmap.png",
-            "accuracy_matrix_curves.png", "summary.json", "plan.txt"} <= names
+            "accuracy_matrix_curves.png", "summary.json", "data_plan.txt"} <= names
     folder = Path(client.download_artifacts(result.run_id, ""))
     rows = list(csv.reader(io.StringIO((folder / "accuracy_matrix.csv").read_text())))
     values = np.array([[float(v) for v in row[1:]] for row in rows[1:]])

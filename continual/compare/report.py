@@ -330,7 +330,7 @@ def columns_from(names: Optional[Sequence[str]], groups: Sequence[Group]) -> lis
     return [column_for(n) for n in names] if names else default_columns(groups)
 
 
-def describe(table: Table) -> str:
+def headline(table: Table) -> str:
     """One line for the sweep's description: per column, the best group and whether it is
     significantly ahead."""
     parts = []

@@ -272,7 +272,7 @@ def sweep(configs: Sequence[str], overrides: Sequence[str] = (), seeds: Optional
     _log_answer(runs, parent, found, group_runs, table)
     failed = sum(o.status != "FINISHED" for o in outcomes)
     parent.set_description(f"{len(found)} groups x {len(seeds or [0])} seeds"
-                           + (f", {failed} runs failed" if failed else "") + ": " + report.describe(table))
+                           + (f", {failed} runs failed" if failed else "") + ": " + report.headline(table))
     parent.finish("FINISHED")
     return SweepResult(parent.run_id, uri, table, outcomes)
 

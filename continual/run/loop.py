@@ -303,7 +303,7 @@ def _resume_or_start(ready: Prepared, strategy: Any, rows: session.Rows, log: se
     if state is None:
         ready.echo(f"MLflow run {logger.run_id} in {ready.uri}")
         logger.log_text(to_yaml(ready.cfg), "config.yaml")
-        logger.log_text("\n".join(plan_lines(ready.stream, ready.control)) + "\n", "plan.txt")
+        logger.log_text("\n".join(plan_lines(ready.stream, ready.control)) + "\n", "data_plan.txt")  # the data as built (real counts); --dry-run prints the whole plan
         return 0
     k = rows.restore(state)
     checkpoint.restore(ready.classifier.model, state)

@@ -151,7 +151,7 @@ class SessionLog:
         cfg, rows = self.cfg, self.rows
         metrics = rows.metrics(i)
         self.logger.log_metrics(metrics, step=i)
-        self.logger.set_description(labels.describe(cfg, metrics, i, rows.n_sessions))
+        self.logger.set_description(labels.run_description(cfg, metrics, i, rows.n_sessions))
         row_labels = labels.row_labels(i + 1)
         for name, m in rows.matrices.items():
             what = "accuracy (%)" if name == "accuracy" else f"{name.replace('_r1', '').replace('2', '-to-')} R@1 (%)"

@@ -26,7 +26,7 @@ def _number(metrics: Mapping[str, float], key: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def describe(cfg: DictConfig, metrics: Mapping[str, float], session: int, n_sessions: int) -> str:
+def run_description(cfg: DictConfig, metrics: Mapping[str, float], session: int, n_sessions: int) -> str:
     """The run's result so far, in one line with units, from the metrics logged after ``session``."""
     head = f"{cfg.strategy.name} on {cfg.stream.name}, seed {cfg.seed}, "
     head += "before training" if session == 0 else f"after session {session} of {n_sessions}"
