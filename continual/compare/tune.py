@@ -230,16 +230,15 @@ class Objective:
 
     def __call__(self, trial: Any) -> Any:
         import optuna
-        from mlflow import MlflowClient
 
-        from continual.compare.groups import ROLE_TAG
         from continual.config.load import load_config
         from continual.run.loop import run
+        from continual.tracking.study_runs import StudyRuns
 
         plan = self.plan
         values = {key: dim.suggest(trial) for key, dim in plan.space.items()}
         results, train_seconds = [], 0.0
-        client = MlflowClient(plan.uri)
+        runs = StudyRuns(plan.uri)
         oracle = f" {ORACLE_LABEL}" if plan.protocol == "oracle" else ""
         for s, seed in enumerate(plan.tuning_seeds):
             name = f"trial {trial.number}{oracle}" + (f" seed {seed}" if len(plan.tuning_seeds) > 1 else "")
@@ -251,10 +250,8 @@ class Objective:
                 if i == 0:
                     seen["run_id"] = run_id
                     trial.set_user_attr(f"mlflow_run_id_{seed_index}", run_id)
-                    client.set_tag(run_id, ROLE_TAG, TRIAL_ROLE)
-                    client.set_tag(run_id, "tune_trial", str(trial.number))
-                    client.set_tag(run_id, "tune_protocol", plan.protocol if not oracle else ORACLE_LABEL)
-                    client.set_tag(run_id, "test_sealed", str(plan.sealed).lower())
+                    runs.mark_trial(run_id, trial.number, plan.protocol if not oracle else ORACLE_LABEL, plan.sealed,
+                                    TRIAL_ROLE)
                     return
                 seen["seconds"] += float(metrics.get("session/train_seconds", 0.0))
                 trial.set_user_attr("train_seconds", train_seconds + seen["seconds"])
@@ -270,8 +267,7 @@ class Objective:
                 result = run(cfg, echo=lambda line: None, progress=False, fresh=True, parent=self.parent, on_row=on_row)
             except optuna.TrialPruned:
                 if "run_id" in seen:
-                    client.set_tag(seen["run_id"], "pruned", "true")
-                    client.set_terminated(seen["run_id"], "KILLED")
+                    runs.mark_pruned(seen["run_id"])
                     self._drop_checkpoints(seen["run_id"])
                 self.echo(f"trial {trial.number}{oracle}: pruned after session {trial.user_attrs.get('pruned_after_session')} "
                           f"({', '.join(S.overrides_of(values))})")
@@ -427,20 +423,15 @@ def tune(config: str, overrides: Sequence[str] = (), trials: int = 20, space: Se
 def rerun_chosen(plan: Plan, params: dict, parent_id: str, jobs: int, executor: str, echo: Echo,
                  executor_options: Optional[dict] = None) -> Any:
     """The chosen values on the re-run seeds, as a sweep nested under the study's run."""
-    from mlflow import MlflowClient
-
-    from continual.compare.groups import PARENT_TAG
     from continual.compare.sweep import sweep
+    from continual.tracking.study_runs import StudyRuns
 
     tag = f" {ORACLE_LABEL}" if plan.protocol == "oracle" else ""
     name = f"tuned {plan.strategy} ({plan.protocol}{tag}) seeds {','.join(map(str, plan.rerun_seeds))}"
     echo(f"re-running the chosen values on seeds {', '.join(map(str, plan.rerun_seeds))} (never a tuning seed)")
     result = sweep([plan.config], [*plan.overrides, *plan.rerun_overrides, *S.overrides_of(params)], plan.rerun_seeds,
                    jobs=jobs, executor=executor, name=name, echo=echo, executor_options=executor_options)
-    client = MlflowClient(plan.uri)
-    client.set_tag(result.parent_id, PARENT_TAG, parent_id)
-    client.set_tag(result.parent_id, "tuned_by", parent_id)
-    client.set_tag(parent_id, "rerun_sweep", result.parent_id)
+    StudyRuns(plan.uri).nest_reruns(result.parent_id, parent_id)
     return result
 
 
@@ -463,20 +454,17 @@ def _budget(study: Any, plan: Plan, seconds: float) -> dict[str, Any]:
 
 def _close_dead_trial_runs(study: Any, uri: str) -> None:
     """The MLflow runs of trials whose worker died (FAILED in the study) are marked FAILED too."""
-    from mlflow import MlflowClient
+    from continual.tracking.study_runs import StudyRuns, run_ids
 
-    client = MlflowClient(uri)
+    runs = StudyRuns(uri)
     for t in study.get_trials(deepcopy=False):
         if t.state.name != "FAIL":
             continue
-        for key, run_id in t.user_attrs.items():
-            if key.startswith("mlflow_run_id"):
-                try:
-                    if client.get_run(run_id).info.status == "RUNNING":
-                        client.set_terminated(run_id, "FAILED")
-                        client.set_tag(run_id, "error", "its worker died; the trial was retried")
-                except Exception:
-                    pass
+        for run_id in run_ids(t.user_attrs):
+            try:
+                runs.fail_if_running(run_id, "its worker died; the trial was retried")
+            except Exception:  # a run the store no longer has: nothing to close
+                pass
 
 
 def _parent_run(plan: Plan) -> Any:
@@ -567,20 +555,10 @@ def _log_study(parent: Any, study: Any, plan: Plan, best: Any, budget: dict) -> 
     import csv
     import io
 
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from continual.tracking.study_runs import StudyRuns
 
-    client = MlflowClient(plan.uri)
-    existing = client.get_run(parent.run_id).data.params
-    params = [Param(f"chosen.{k}", str(v)) for k, v in best.params.items() if f"chosen.{k}" not in existing]
-    if params:
-        client.log_batch(parent.run_id, params=params)
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"tune/{k}", float(v), now, 0) for k, v in budget.items()]
-    metrics += [Metric(f"tune/best/{o}", float(v), now, 0) for o, v in zip(plan.objectives, best.values)]
-    client.log_batch(parent.run_id, metrics=metrics)
-    client.set_tag(parent.run_id, "tune_budget", f"{budget['trials']} trials ({budget['pruned']} pruned), "
-                   f"{budget['train_seconds']:.0f} s training")
+    metrics = {f"tune/{k}": v for k, v in budget.items()}
+    metrics.update({f"tune/best/{o}": v for o, v in zip(plan.objectives, best.values)})
     rows = trials_table(study, plan)
     with tempfile.TemporaryDirectory() as tmp:
         buffer = io.StringIO()
@@ -596,4 +574,6 @@ def _log_study(parent: Any, study: Any, plan: Plan, best: Any, budget: dict) -> 
             _draw_study(study, plan, tmp)
         except Exception as exc:  # figures are a bonus: the table and the values are logged regardless
             Path(tmp, "figures_error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
-        client.log_artifacts(parent.run_id, tmp)
+        StudyRuns(plan.uri).log_outcome(parent.run_id, best.params, metrics,
+                                        f"{budget['trials']} trials ({budget['pruned']} pruned), "
+                                        f"{budget['train_seconds']:.0f} s training", tmp)
