@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from continual.clip.configs import LIT_MODEL, check_source, model_config, own_configs  # noqa: F401  (also ours to import)
+from continual.clip import configs
+from continual.clip.configs import LIT_MODEL, own_configs
 from continual.errors import UserError, first_line
 
 # No hub is reachable on our machines; a missing local file must fail fast, not retry for 45 s.
@@ -65,6 +66,19 @@ def register_model_configs() -> None:
         return
     _registered = True
     open_clip.factory._MODEL_CONFIGS.update(copy.deepcopy(own_configs()))
+
+
+def check_source(name: str, pretrained: str) -> None:
+    """:func:`continual.clip.configs.check_source`, with our configs registered in open_clip
+    (so that open_clip builds the model next)."""
+    register_model_configs()
+    configs.check_source(name, pretrained)
+
+
+def model_config(name: str) -> Optional[dict]:
+    """open_clip's config of model ``name`` (towers, widths), or None for an unknown name; builds nothing."""
+    register_model_configs()
+    return configs.model_config(name)
 
 
 @dataclass

