@@ -210,10 +210,6 @@ class ClipStrategy(SupervisedTemplate, StrategyDeclaration):
         if self.train_cfg.iterations and self.clock.train_exp_iterations >= self.train_cfg.iterations:
             self.stop_training()
 
-    def session_iterations(self) -> int:
-        """Iterations (forward passes) of the current session."""
-        return self.train_cfg.iterations or len(self.dataloader) * self.train_epochs
-
     # -- scale: data parallelism, accumulation, bf16, workers -------------------------------------
     def micro_batch_size(self, batch_size: int, what: str = "train.batch_size") -> int:
         """Examples per process and forward pass when ``batch_size`` make one optimizer step."""
