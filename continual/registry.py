@@ -53,7 +53,7 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def add(self, name: str, target: str | Any, summary: str, declaration: str | Any | None = None) -> None:
-        """Register ``target`` ("module:attr" or an object) under ``name``; ``declaration``
+        """Register ``target`` ("module:attr", "module" or an object) under ``name``; ``declaration``
         (likewise) is what :meth:`declared` answers without loading the target."""
         self._entries[name] = Entry(name, target, summary, declaration)
 
