@@ -21,29 +21,41 @@ _FALLBACK_PROVIDERS = ("strategies", "streams")
 _providers_loaded = False
 
 
+def _resolve(target: str | Any) -> Any:
+    """The object of a "module:attr" string, or the module of a plain "module" (importing it);
+    otherwise ``target`` itself."""
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, attr) if attr else loaded
+
+
 @dataclass
 class Entry:
     name: str
-    target: str | Any  # "module:attr" (lazy) or the object itself
+    target: str | Any  # "module:attr" or "module" (lazy), or the object itself
     summary: str
+    # A light stand-in read before the target is needed (a strategy's declaration: its Params and
+    # checks, without torch or avalanche); None: the target itself is read.
+    declaration: str | Any | None = None
 
     def load(self) -> Any:
-        if isinstance(self.target, str):
-            module, _, attr = self.target.partition(":")
-            self.target = getattr(importlib.import_module(module), attr)
+        self.target = _resolve(self.target)
         return self.target
 
 
 class Registry:
-    """A named collection of strategies, streams or control sets."""
+    """A named collection of strategies, streams, control sets or reference sets."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, target: str | Any, summary: str) -> None:
-        """Register ``target`` ("module:attr" or an object) under ``name``."""
-        self._entries[name] = Entry(name, target, summary)
+    def add(self, name: str, target: str | Any, summary: str, declaration: str | Any | None = None) -> None:
+        """Register ``target`` ("module:attr", "module" or an object) under ``name``; ``declaration``
+        (likewise) is what :meth:`declared` answers without loading the target."""
+        self._entries[name] = Entry(name, target, summary, declaration)
 
     def register(self, name: str, summary: str | None = None) -> Callable[[Any], Any]:
         """Decorator form of :meth:`add` for user code: ``@STRATEGIES.register("mine")``."""
@@ -77,6 +89,18 @@ class Registry:
         self.check(name, key)
         return self._entries[name].load()
 
+    def declared(self, name: str, key: str = "name") -> Any:
+        """What checks read before a run builds anything: for an entry with a declaration, a
+        :class:`continual.strategy.Declared` (its members, and the target loaded when called);
+        otherwise the target itself."""
+        from continual.strategy import Declared
+
+        self.check(name, key)
+        entry = self._entries[name]
+        if entry.declaration is None:
+            return entry.load()
+        return Declared(_resolve(entry.declaration), entry.load)
+
 
 def load_providers() -> None:
     """Import every provider module once so that it registers its names."""
@@ -96,3 +120,6 @@ def load_providers() -> None:
 STRATEGIES = Registry("strategy")
 STREAMS = Registry("stream")
 CONTROLS = Registry("control set")
+# Data a method reads beside the sessions (ZSCL's reference images and sentences), provided by
+# stream packages and looked up by name, so that a strategy imports no stream module.
+REFERENCES = Registry("reference set")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -87,6 +87,31 @@ class PairSet:
 
 
 ControlSet = PairSet
+
+
+
+class ReferenceSource(Protocol):
+    """Reference data a method reads beside the sessions (ZSCL's images and sentences), as a
+    stream package provides it under a name in :data:`continual.registry.REFERENCES`: the
+    arguments are the method's options (``images``: a folder, a manifest or ``torchvision:NAME``;
+    ``sentences``: a text or CSV/TSV file; ``column`` of it; ``root`` for torchvision)."""
+
+    def check_options(self, images: Optional[str], sentences: Optional[str], column: str, ref_texts: str) -> None:
+        """Raise a one-line ConfigError for options that cannot work together (reads no data)."""
+
+    def complete(self, images: Optional[str], sentences: Optional[str]) -> bool:
+        """Whether the options supply both sides (images, and sentences or a manifest's captions)."""
+
+    def missing(self, images: Optional[str], sentences: Optional[str], root: Optional[str] = None) -> Optional[str]:
+        """The one line a run stops with when the data is absent (None if present)."""
+
+    def describe(self, images: Optional[str], sentences: Optional[str]) -> str:
+        """One line for the plan: where the images and sentences come from."""
+
+    def reference_set(self, images: Optional[str], sentences: Optional[str], column: str, root: Optional[str],
+                      encode_images: ImageEncoder, encode_texts: TextEncoder,
+                      default: Optional[Callable[[], ControlSet]] = None) -> ControlSet:
+        """The data as model inputs; ``default`` supplies the side the options leave out."""
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Continual-learning strategies for CLIP. Importing this package registers them by name
 (it is the ``strategies`` provider of the ``continual.providers`` entry-point group); the
-strategy modules themselves (which import torch and avalanche) load only when used."""
+strategy modules themselves (which import torch and avalanche) load only when a run builds one;
+checks read their declarations (strategies/declarations.py) instead."""
 
 from continual.registry import STRATEGIES
 
+# name, class ("module:attr", imported when a run builds it), summary; the declaration (Params and
+# checks, torch-free) has the class's name in strategies.declarations.
 for _name, _target, _summary in [
     ("zeroshot", "strategies.zeroshot:ZeroShot", "zero-shot CLIP, no training (reference for transfer and retention)"),
     ("finetune", "strategies.finetune:FineTune", "naive fine-tuning with cross-entropy (forgetting baseline)"),
@@ -15,4 +18,4 @@ for _name, _target, _summary in [
     ("modx", "strategies.modx:ModX", "Mod-X: keep the old model's image-text similarity rows (Ni et al. 2023)"),
     ("cpe-clip", "strategies.cpe_clip:CPECLIP", "CPE-CLIP: multimodal prompts, session-aware gradient scaling (D'Alessandro et al. 2023)"),
 ]:
-    STRATEGIES.add(_name, _target, _summary)
+    STRATEGIES.add(_name, _target, _summary, declaration="strategies.declarations:" + _target.partition(":")[2])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from continual.system import distributed
 from continual.clip.backbone import enable_grad_checkpointing
 from continual.context import StrategyContext
 from continual.errors import UserError
+from continual.strategy import StrategyDeclaration
 from continual.clip.heads import ClipClassifier, logit_scale, restrict
 from continual.clip.optimizer import build_optimizer
 from continual.clip.schedule import lr_factor, warmup_steps
@@ -119,15 +120,10 @@ def _silent_evaluator() -> EvaluationPlugin:
         return EvaluationPlugin(loggers=[])
 
 
-class ClipStrategy(SupervisedTemplate):
+class ClipStrategy(SupervisedTemplate, StrategyDeclaration):
     """Fine-tuning of a CLIP classifier with cross-entropy over the label space (the baseline
-    every method builds on). Subclasses set ``Params`` and add plugins or loss terms."""
-
-    Params: ClassVar[Optional[type]] = None
-    # Which backbone parameters train; None = the config's model.trainable.
-    backbone_trainable: ClassVar[Optional[str]] = None
-    # The kinds of stream the method is defined on (the runner refuses others before training).
-    stream_kinds: ClassVar[tuple[str, ...]] = ("classification", "pairs")
+    every method builds on). Subclasses inherit their declaration (``Params``, ``stream_kinds``,
+    ..., see :class:`continual.strategy.StrategyClass`) and add plugins or loss terms."""
 
     def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None,
                  context: Optional[StrategyContext] = None, plugins: Sequence[SupervisedPlugin] = (),
@@ -169,16 +165,6 @@ class ClipStrategy(SupervisedTemplate):
         """Plugins that implement the method (none for plain fine-tuning); ``classifier`` is the
         model before any training (``self.model`` does not exist yet)."""
         return []
-
-    @classmethod
-    def plan_notes(cls, params: Any) -> list[str]:
-        """Lines the plan (``--dry-run``) adds for the method, e.g. where its extra data comes from."""
-        return []
-
-    @classmethod
-    def data_missing(cls, params: Any) -> Optional[str]:
-        """The one line a run stops with, before anything is built, when data the method needs is absent."""
-        return None
 
     def trainable(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
@@ -223,10 +209,6 @@ class ClipStrategy(SupervisedTemplate):
         super()._after_training_iteration(**kwargs)
         if self.train_cfg.iterations and self.clock.train_exp_iterations >= self.train_cfg.iterations:
             self.stop_training()
-
-    def session_iterations(self) -> int:
-        """Iterations (forward passes) of the current session."""
-        return self.train_cfg.iterations or len(self.dataloader) * self.train_epochs
 
     # -- scale: data parallelism, accumulation, bf16, workers -------------------------------------
     def micro_batch_size(self, batch_size: int, what: str = "train.batch_size") -> int:

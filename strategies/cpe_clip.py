@@ -63,8 +63,7 @@ schedule, :class:`EpochWarmupLR`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -72,18 +71,14 @@ from open_clip.transformer import TextTransformer, Transformer, VisionTransforme
 from torch import nn
 
 from continual.config.load import check_choice
-from continual.errors import ConfigError, UserError
+from continual.errors import ConfigError
 from continual.clip.heads import ClipClassifier
+from strategies import declarations as declared
 from strategies.base import ClipStrategy
+from strategies.declarations import (  # noqa: F401  (ours to import)
+    LR_SCHEDULES, TOWERS, VISION_MODES, CPECLIPParams, UnsupportedTowerError, config_problem)
 
 LOGIT_SCALE = 100.0  # the authors' fixed 100 * cosine
-TOWERS = ("both", "text")
-VISION_MODES = ("accumulate", "replace")
-LR_SCHEDULES = ("authors", "config")
-
-
-class UnsupportedTowerError(UserError):
-    """The model's towers are not open_clip transformers that prompts can enter."""
 
 
 # -- the method's equations ---------------------------------------------------------------------
@@ -163,37 +158,6 @@ def _unsupported(model: nn.Module, why: str) -> UnsupportedTowerError:
     return UnsupportedTowerError(
         f"CPE-CLIP needs open_clip ViT/text-transformer towers; this model has a {visual} image tower "
         f"and a {text} text tower ({why}); use model.name=tiny-vit (model.pretrained=base:vit) or ViT-B-16")
-
-
-def config_problem(model_name: str, towers: str) -> Optional[str]:
-    """Why the towers of open_clip model ``model_name`` cannot take CPE-CLIP's prompts, read from
-    its open_clip config alone (nothing is built); None if they can, or if the model is unknown
-    (building it reports that). The same rules as :func:`_text_tower` and :class:`PromptedCLIP`
-    apply to the built model."""
-    from continual.clip.backbone import model_config
-
-    config = model_config(model_name)
-    if config is None:
-        return None
-    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
-    image_kind = (f"timm {vision['timm_model_name']}" if vision.get("timm_model_name")
-                  else "ModifiedResNet" if isinstance(vision.get("layers"), (list, tuple)) else "VisionTransformer")
-    text_kind = "Hugging Face" if text.get("hf_model_name") else "TextTransformer"
-    why = None
-    if text.get("hf_model_name"):
-        why = "the text tower is not an open_clip text transformer"
-    elif text.get("embed_cls"):
-        why = "its text tower appends a class token or masks padding"
-    elif text.get("no_causal_mask"):
-        why = "its text tower is not causal"
-    elif text.get("pool_type", "argmax") not in ("argmax", "eos"):
-        why = f"its text tower pools '{text['pool_type']}', not at the end token"
-    elif towers == "both" and image_kind != "VisionTransformer":
-        why = "the image tower is not an open_clip VisionTransformer; strategy.towers=text prompts the text tower only"
-    if why is None:
-        return None
-    return (f"CPE-CLIP needs open_clip ViT/text-transformer towers; model {model_name} has a {image_kind} image tower "
-            f"and a {text_kind} text tower ({why}); use model.name=tiny-vit (model.pretrained=base:vit) or ViT-B-16")
 
 
 def _text_tower(model: nn.Module) -> tuple[str, str, Optional[int]]:
@@ -357,53 +321,12 @@ class EpochWarmupLR(SupervisedPlugin, supports_distributed=True):
             group["lr"] = lr
 
 
-@dataclass
-class CPECLIPParams:
-    # Prompt tokens per layer (the authors' L_g).
-    prompt_tokens: int = 2
-    # Prompted text layers, counted from the first; 0 = all (the authors: 12 of 12).
-    depth: int = 0
-    # "both": CPE-CLIP; "text": the text-only variant (image tower unprompted).
-    towers: str = "both"
-    # Multiply the prompt gradients by |C_t| / |C_1..C_t| in sessions t >= 2.
-    session_scaling: bool = True
-    # Batch size of sessions t >= 2 (the authors: 4); 0 = train.batch_size.
-    incremental_batch_size: int = 4
-    # Epochs of sessions t >= 2 (the authors: 5; CUB's base session has 6); 0 = train.epochs.
-    incremental_epochs: int = 5
-    # Vision prompts: accumulate (CPE-CLIP) | replace (the authors' "no_accumulation" ablation,
-    # which they ran with session_scaling=false).
-    vision_mode: str = "accumulate"
-    # "authors": lr * (1 + 99 e / 50) at epoch e of each session (official scheduler, per epoch);
-    # "config": train.scheduler / train.warmup_steps.
-    lr_schedule: str = "authors"
-
-    # `continual tune`'s default search space. prompt_tokens: our choice, 1 to twice the authors'
-    # L_g = 2; vision_mode: CPE-CLIP's accumulate and the authors' "no_accumulation" ablation.
-    TUNABLE: ClassVar[dict[str, str]] = {"prompt_tokens": "int:1:4", "vision_mode": "choice:accumulate,replace"}
-
-    def __post_init__(self) -> None:
-        check_choice("strategy.towers", self.towers, TOWERS)
-        check_choice("strategy.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("strategy.vision_mode", self.vision_mode, VISION_MODES)
-        for key in ("prompt_tokens",):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"strategy.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("depth", "incremental_batch_size", "incremental_epochs"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"strategy.{key} must be >= 0, got {getattr(self, key)}")
-
-
-class CPECLIP(ClipStrategy):
+class CPECLIP(declared.CPECLIP, ClipStrategy):
     """CPE-CLIP: frozen CLIP, text prompts and projected vision prompts, session-aware scaling.
 
     Trains only the prompts (:class:`PromptedCLIP`, installed as ``classifier.model``) with CE
     over the current session's classes; the gradients are scaled by alpha_t in sessions t >= 2.
     """
-
-    Params: ClassVar[type] = CPECLIPParams
-    backbone_trainable: ClassVar[Optional[str]] = "none"
-    stream_kinds: ClassVar[tuple[str, ...]] = ("classification",)  # few-shot class-incremental
 
     def __init__(self, *, classifier: ClipClassifier, params: Optional[CPECLIPParams] = None, **kwargs: Any) -> None:
         params = params if params is not None else CPECLIPParams()
@@ -420,13 +343,6 @@ class CPECLIP(ClipStrategy):
         if self.params.lr_schedule == "authors":
             plugins.append(EpochWarmupLR(self.train_cfg.lr))
         return plugins
-
-    @classmethod
-    def check_model(cls, model_name: str, params: CPECLIPParams) -> None:
-        """Before anything is built (``continual.run.preflight``): refuse towers prompts cannot enter."""
-        problem = config_problem(model_name, params.towers)
-        if problem is not None:
-            raise UnsupportedTowerError(problem)
 
     def label_space(self) -> list[int]:
         """Training CE over the current session's classes only (earlier ones masked)."""

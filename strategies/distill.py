@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TEACHERS = ("previous", "initial")
+from strategies.declarations import TEACHERS
+
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

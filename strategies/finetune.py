@@ -5,8 +5,9 @@
 The lower bound on retention that every continual method is compared with.
 """
 
+from strategies import declarations as declared
 from strategies.base import ClipStrategy
 
 
-class FineTune(ClipStrategy):
+class FineTune(declared.FineTune, ClipStrategy):
     """Naive fine-tuning: the task loss alone, session after session."""

@@ -18,10 +18,11 @@ from typing import Any
 
 from avalanche.benchmarks.utils import concat_datasets
 
+from strategies import declarations as declared
 from strategies.base import ClipStrategy
 
 
-class Joint(ClipStrategy):
+class Joint(declared.Joint, ClipStrategy):
     """Joint training on the union of the sessions so far (cumulative; the upper bound)."""
 
     def train_dataset_adaptation(self, **kwargs: Any) -> None:

@@ -30,8 +30,7 @@ when student = teacher), as in the ZSCL code the published LwF numbers come from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,35 +38,11 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from continual.system import distributed
-from continual.config.load import check_choice
-from continual.errors import ConfigError
 from continual.clip.heads import logit_scale
+from strategies import declarations as declared
 from strategies.base import ClipStrategy, record_term
+from strategies.declarations import LwFParams
 from strategies.distill import frozen_copy, kd, kl_of
-
-
-@dataclass
-class LwFParams:
-    alpha: float = 1.0  # weight of the distillation term
-    temperature: float = 2.0
-    classes: str = "current"  # current | seen_before
-    text_features: str = "student"  # student (LwF's outputs) | teacher (ZSCL's LwF code)
-    symmetric: bool = False  # also distil class-to-image over the batch (ZSCL's LwF code: true)
-
-    # `continual tune`'s default search space (continual.compare.space specs). alpha: our choice,
-    # one decade either side of the default 1 (Li & Hoiem's lambda_o = 1; ZSCL's MTIL script: 1).
-    TUNABLE: ClassVar[dict[str, str]] = {"alpha": "log:0.1:10"}
-
-    # ZSCL's mtil/scripts/lwf.sh: the student's image features against the teacher's class
-    # texts of the current task, both directions.
-    PRESETS: ClassVar[dict] = {"mtil": dict(alpha=1.0, temperature=2.0, classes="current", text_features="teacher",
-                                            symmetric=True)}
-
-    def __post_init__(self) -> None:
-        check_choice("strategy.classes", self.classes, ("current", "seen_before"))
-        check_choice("strategy.text_features", self.text_features, ("student", "teacher"))
-        if self.alpha < 0 or self.temperature <= 0:
-            raise ConfigError(f"strategy.alpha must be >= 0 and strategy.temperature > 0, got {self.alpha}, {self.temperature}")
 
 
 class LwFPlugin(SupervisedPlugin, supports_distributed=True):
@@ -127,11 +102,8 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
         return loss
 
 
-class LwF(ClipStrategy):
+class LwF(declared.LwF, ClipStrategy):
     """Learning without Forgetting: distil the previous model's logits over the current classes (T = 2)."""
-
-    Params = LwFParams
-    stream_kinds = ("classification",)  # distils logits over classes
 
     def method_plugins(self, classifier: torch.nn.Module) -> list[SupervisedPlugin]:
         self.lwf = LwFPlugin(**vars(self.params))

@@ -32,8 +32,7 @@ these functions unchanged (see ``continual.system.distributed``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +40,12 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from continual.system import distributed
-from continual.config.load import check_choice
-from continual.errors import ConfigError
 from continual.clip.heads import MAX_LOGIT_SCALE, ClipClassifier, logit_scale
+from strategies import declarations as declared
 from strategies.base import ClipStrategy, record_term
-from strategies.distill import TEACHERS, Teacher
+from strategies.declarations import REDUCTIONS, TEACHERS, ModXParams  # noqa: F401  (ours to import)
+from strategies.distill import Teacher
 
-REDUCTIONS = ("sum", "mean")
 
 
 # -- the loss: pure functions of tensors ----------------------------------------------------------
@@ -105,30 +103,6 @@ def clamp_logit_scale(model: nn.Module) -> None:
 
 
 # -- the method ---------------------------------------------------------------------------------
-@dataclass
-class ModXParams:
-    # Weight of (L_i2t + L_t2i) / 2; the authors' 20 was set at batch 280 with the sum reduction.
-    alpha: float = 20.0
-    # sum (authors' code) | mean (per row: the sum divided by the batch size).
-    reduction: str = "sum"
-    # previous: the model at the end of the previous session | initial: the model before training.
-    teacher: str = "previous"
-    # Weight of the symmetric InfoNCE of the batch's (image, class caption) pairs, added to the
-    # strategy's cross-entropy (Mod-X's L_CLIP; 0 = cross-entropy alone).
-    contrastive_weight: float = 0.0
-
-    # `continual tune`'s default search space. alpha: our choice, one decade either side of the
-    # authors' 20 (set at batch 280 with the sum reduction; smaller batches need other weights).
-    TUNABLE: ClassVar[dict[str, str]] = {"alpha": "log:2:200"}
-
-    def __post_init__(self) -> None:
-        check_choice("strategy.reduction", self.reduction, REDUCTIONS)
-        check_choice("strategy.teacher", self.teacher, TEACHERS)
-        for key in ("alpha", "contrastive_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"strategy.{key} must be >= 0, got {getattr(self, key)}")
-
-
 class ModXPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds alpha * (L_i2t + L_t2i) / 2 on classification batches in ``before_backward``; usable
     in any Avalanche strategy whose model is a :class:`continual.clip.heads.ClipClassifier`.
@@ -200,10 +174,8 @@ class ModXPlugin(SupervisedPlugin, supports_distributed=True):
             clamp_logit_scale(model)
 
 
-class ModX(ClipStrategy):
+class ModX(declared.ModX, ClipStrategy):
     """Mod-X: keep the previous model's image-text similarity rows where it was right (KL, both ways)."""
-
-    Params = ModXParams
 
     def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
         return [ModXPlugin(self.params, model=classifier.model)]

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -49,14 +49,13 @@ from torch import nn
 from continual.system import distributed
 from continual.clip.backbone import HFTextTrunk
 from continual.context import StrategyContext
-from continual.config.load import check_choice
 from continual.errors import ConfigError
 from continual.clip.heads import ClipClassifier, logit_scale
+from strategies import declarations as declared
 from strategies.base import ClipStrategy, record_term
-from strategies.distill import TEACHERS, Teacher, kd, kl_of
+from strategies.declarations import VOCAB_DRAWS, VOCABULARIES, VRLwFParams  # noqa: F401  (ours to import)
+from strategies.distill import Teacher, kd, kl_of
 
-VOCABULARIES = ("random_tokens", "random_words", "class_names")
-VOCAB_DRAWS = ("once", "session")
 
 
 # -- the loss: pure functions of tensors ----------------------------------------------------------
@@ -167,44 +166,6 @@ def encode_texts_in_chunks(model: nn.Module, inputs: torch.Tensor, chunk: int = 
 
 
 # -- the method ---------------------------------------------------------------------------------
-@dataclass
-class VRLwFParams:
-    # Weight of L_VR: 1, ZSCL's MTIL LwF-VR (the only published anchor; see the module docstring
-    # for why the 5 of its class-incremental configs is not an authors' setting).
-    lam: float = 1.0
-    temperature: float = 2.0
-    # K pseudo-sentences of vocab_length tokens (or words).
-    vocab_size: int = 1000
-    vocab_length: int = 10
-    # once: one vocabulary for all sessions (ZSCL) | session: redrawn each session from (seed, session).
-    vocab_draw: str = "once"
-    # random_tokens (ZSCL) | random_words (the tokenizer's whole-word entries) | class_names
-    # (earlier sessions' prompts; random_tokens in the first session, which has none).
-    vocabulary: str = "random_tokens"
-    # previous: the model at the end of the previous session | initial: the model before training.
-    teacher: str = "previous"
-    # Seed of the vocabulary draws; null = the run's seed (torch.initial_seed()).
-    seed: Optional[int] = None
-
-    # `continual tune`'s default search space. lam: our choice, one decade either side of ZSCL's
-    # MTIL LwF-VR 1 (its class-incremental configs' 5 lies inside).
-    TUNABLE: ClassVar[dict[str, str]] = {"lam": "log:0.1:10"}
-
-    # ZSCL's mtil/scripts/lwf_vr.sh (the defaults: its LwF-VR is what they are set from).
-    PRESETS: ClassVar[dict] = {"mtil": dict(lam=1.0, temperature=2.0, vocab_size=1000, vocab_length=10,
-                                            vocab_draw="once", vocabulary="random_tokens", teacher="previous")}
-
-    def __post_init__(self) -> None:
-        check_choice("strategy.vocabulary", self.vocabulary, VOCABULARIES)
-        check_choice("strategy.vocab_draw", self.vocab_draw, VOCAB_DRAWS)
-        check_choice("strategy.teacher", self.teacher, TEACHERS)
-        for key in ("vocab_size", "vocab_length", "temperature"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"strategy.{key} must be > 0, got {getattr(self, key)}")
-        if self.lam < 0:
-            raise ConfigError(f"strategy.lam must be >= 0, got {self.lam}")
-
-
 class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds lambda * L_VR in ``before_backward``; usable in any Avalanche strategy whose model is
     a :class:`continual.clip.heads.ClipClassifier` (``strategy.model.model`` is the CLIP model).
@@ -296,10 +257,8 @@ class VRLwFPlugin(SupervisedPlugin, supports_distributed=True):
         strategy.loss = strategy.loss + weighted
 
 
-class VRLwF(ClipStrategy):
+class VRLwF(declared.VRLwF, ClipStrategy):
     """VR-LwF: distil the previous model's image-vocabulary logits on a replayed random vocabulary."""
-
-    Params = VRLwFParams
 
     def method_plugins(self, classifier: ClipClassifier) -> list[SupervisedPlugin]:
         return [VRLwFPlugin(self.params, self.context, model=classifier.model)]

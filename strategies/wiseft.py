@@ -14,15 +14,14 @@ merge is :func:`wise_ft`, a pure function of state dicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from avalanche.core import SupervisedPlugin
 
-from continual.config.load import check_choice
-from continual.errors import ConfigError
+from strategies import declarations as declared
 from strategies.base import ClipStrategy
+from strategies.declarations import WiSEFTParams
 
 
 def wise_ft(theta_0: Mapping[str, torch.Tensor], theta_1: Mapping[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -34,24 +33,6 @@ def wise_ft(theta_0: Mapping[str, torch.Tensor], theta_1: Mapping[str, torch.Ten
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of the parameters that train."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-@dataclass
-class WiSEFTParams:
-    alpha: float = 0.5  # weight of the session's fine-tuned weights
-    anchor: str = "initial"  # initial (pre-trained) | previous (start of the session, ZSCL's baseline)
-
-    # `continual tune`'s default search space. alpha: the whole interpolation range, as the
-    # WiSE-FT paper's mixing-coefficient sweep (0 to 1); anchor: both of the options.
-    TUNABLE: ClassVar[dict[str, str]] = {"alpha": "float:0:1", "anchor": "choice:initial,previous"}
-
-    # ZSCL's mtil/scripts/WiSE_finetune.sh (--wise_merge --wise_ft_model n --wise_ft_alpha 0.8).
-    PRESETS: ClassVar[dict] = {"mtil": dict(alpha=0.8, anchor="previous")}
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"strategy.alpha must be in [0, 1], got {self.alpha}")
-        check_choice("strategy.anchor", self.anchor, ("initial", "previous"))
 
 
 class WiSEFTPlugin(SupervisedPlugin, supports_distributed=True):
@@ -84,10 +65,8 @@ class WiSEFTPlugin(SupervisedPlugin, supports_distributed=True):
             strategy.model.invalidate()
 
 
-class WiSEFT(ClipStrategy):
+class WiSEFT(declared.WiSEFT, ClipStrategy):
     """WiSE-FT: interpolate weights with the pre-trained model after each session."""
-
-    Params = WiSEFTParams
 
     def __init__(self, *, classifier: torch.nn.Module, **kwargs: Any) -> None:
         # theta_0 taken here, from the model as built: still the pre-trained weights when a run

@@ -6,18 +6,14 @@ nothing scores exactly this.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Sequence
 
 from continual.clip.heads import ClipClassifier
+from strategies import declarations as declared
 
 
-class ZeroShot:
+class ZeroShot(declared.ZeroShot):
     """Zero-shot classification with class-name prompts; ``train`` leaves the model untouched."""
-
-    Params: ClassVar[Optional[type]] = None
-    backbone_trainable: ClassVar[Optional[str]] = "none"
-    stream_kinds: ClassVar[tuple[str, ...]] = ("classification", "pairs")
-    trains: ClassVar[bool] = False  # train.epochs and batch sizes do not matter (continual.run.preflight)
 
     def __init__(self, *, classifier: ClipClassifier, train: Any, params: Any = None, context: Any = None,
                  plugins: Sequence[Any] = (), device: str = "cpu", eval_batch_size: int = 256,

@@ -26,7 +26,8 @@ What the official MTIL code does, and the choices exposed here (defaults = the c
   student's own text features instead (both towers distilled).
 - The reference texts are one fixed set of sentences (Conceptual Captions) scored against every
   reference image batch (``ref_texts: all``); ``batch`` uses only the sampled images' captions.
-- The reference data (:mod:`streams.reference`): by default ``context.reference()``, the
+- The reference data (the "files" reference set, :data:`continual.registry.REFERENCES`; the
+  ``streams`` package provides it): by default ``context.reference()``, the
   complement of the control set (offline: the emoji / Tux Paint pairs the base trained on);
   ``ref_images`` (an image folder such as ImageNet's ``train/``, a manifest, or
   ``torchvision:NAME`` under ``ref_root``) and ``ref_sentences`` (a text file, or a CSV/TSV
@@ -44,8 +45,7 @@ What the official MTIL code does, and the choices exposed here (defaults = the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,14 +53,14 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from continual.config.load import check_choice
 from continual.errors import ConfigError
-from continual.run.evaluation import encode_all
+from continual.clip.extract import encode_all
 from continual.clip.heads import logit_scale
 from continual.stream import ControlSet
+from strategies import declarations as declared
 from strategies.base import ClipStrategy, record_term
+from strategies.declarations import ZSCLParams, reference_files
 from strategies.distill import frozen_copy, kd, kl_of
-from streams import reference as ref
 
 
 def zscl_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_image: torch.Tensor,
@@ -80,44 +80,6 @@ def zscl_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_i
 def l2_penalty(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]) -> torch.Tensor:
     """sum over parameters of ||theta - theta_anchor||^2 (ZSCL's ``l2_loss``: MSE, reduction sum)."""
     return sum(((p - a.detach()) ** 2).sum() for p, a in zip(params, anchors))
-
-
-@dataclass
-class ZSCLParams:
-    weight: float = 1.0  # of L_ZSCL (each direction); MTIL 1, class-incremental configs 5
-    temperature: float = 2.0
-    ref_batch_size: int = 64  # reference images per step (the authors': the training batch)
-    ref_texts: str = "all"  # all (a fixed sentence set, as the code) | batch (the images' captions)
-    text_features: str = "teacher"  # teacher (official code) | student
-    we: bool = True  # weight ensembling
-    we_interval: int = 100  # optimizer steps between WE snapshots (--avg_freq)
-    l2: float = 1.0  # weight of the L2 pull to the session-start weights (--l2)
-    # Reference data (streams/reference.py); null = the control set's complement (offline pairs).
-    ref_images: Optional[str] = None  # an image folder, a manifest, or torchvision:NAME (ref_root)
-    ref_sentences: Optional[str] = None  # a text file (a sentence per line) or a CSV/TSV column
-    ref_column: str = "caption"  # that column: a header name, or a 0-based index (no header)
-    ref_root: Optional[str] = None  # where torchvision reads ref_images=torchvision:NAME
-
-    # `continual tune`'s default search space. weight, l2: our choice, one decade either side of
-    # the official MTIL script's 1 (the class-incremental configs' weight 5 lies inside).
-    TUNABLE: ClassVar[dict[str, str]] = {"weight": "log:0.1:10", "l2": "log:0.1:10"}
-
-    # ZSCL's mtil/scripts/ZSCL.sh (its reference data at these paths, relative to the run's folder).
-    PRESETS: ClassVar[dict] = {"mtil": dict(
-        weight=1.0, temperature=2.0, ref_batch_size=64, ref_texts="all", text_features="teacher", we=True,
-        we_interval=100, l2=1.0, ref_images="data/imagenet/train",
-        ref_sentences="data/conceptual_captions/Validation_GCC-1.1.0-Validation.tsv", ref_column="0")}
-
-    def __post_init__(self) -> None:
-        for key, value, options in (("ref_texts", self.ref_texts, ("all", "batch")),
-                                    ("text_features", self.text_features, ("teacher", "student"))):
-            check_choice(f"strategy.{key}", value, options)
-        if self.weight < 0 or self.l2 < 0 or self.temperature <= 0 or self.ref_batch_size < 1 or self.we_interval < 1:
-            raise ConfigError("strategy: weight and l2 must be >= 0, temperature > 0, ref_batch_size and we_interval >= 1")
-        ref.check_options(self.ref_images, self.ref_sentences, self.ref_column, self.ref_texts)
-
-    def configured_reference(self) -> bool:
-        return bool(self.ref_images or self.ref_sentences)
 
 
 def _take(inputs: Any, index: torch.Tensor) -> torch.Tensor:
@@ -245,14 +207,12 @@ class ZSCLPlugin(SupervisedPlugin, supports_distributed=True):
         strategy.model.invalidate()
 
 
-class ZSCL(ClipStrategy):
+class ZSCL(declared.ZSCL, ClipStrategy):
     """ZSCL: distil the initial model on reference pairs, plus weight ensembling (Zheng et al. 2023)."""
-
-    Params = ZSCLParams
 
     def __init__(self, *, classifier: Any, context: Any = None, params: Optional[ZSCLParams] = None, **kwargs: Any) -> None:
         params = params or ZSCLParams()
-        if context is None or (context.reference is None and not ref.complete(params.ref_images, params.ref_sentences)):
+        if context is None or (context.reference is None and not reference_files().complete(params.ref_images, params.ref_sentences)):
             raise ConfigError("zscl needs reference pairs: set control.name (its complement), or strategy.ref_images "
                               "and strategy.ref_sentences")
         self.initial_model = frozen_copy(classifier.model)  # the model before any session
@@ -263,17 +223,8 @@ class ZSCL(ClipStrategy):
         reference = context.reference
         if p.configured_reference():
             def reference() -> ControlSet:
-                return ref.reference_set(p.ref_images, p.ref_sentences, p.ref_column, p.ref_root,
-                                         context.encode_images, context.encode_texts, context.reference)
+                return reference_files().reference_set(p.ref_images, p.ref_sentences, p.ref_column, p.ref_root,
+                                                       context.encode_images, context.encode_texts, context.reference)
         loss = {k: getattr(p, k) for k in ("weight", "temperature", "ref_batch_size", "ref_texts", "text_features",
                                            "we", "we_interval", "l2")}
         return [ZSCLPlugin(reference, self.initial_model, **loss)]
-
-    @classmethod
-    def plan_notes(cls, params: ZSCLParams) -> list[str]:
-        absent = ref.missing(params.ref_images, params.ref_sentences, params.ref_root)
-        return ["  " + ref.describe(params.ref_images, params.ref_sentences) + (f" (absent: {absent})" if absent else "")]
-
-    @classmethod
-    def data_missing(cls, params: ZSCLParams) -> Optional[str]:
-        return ref.missing(params.ref_images, params.ref_sentences, params.ref_root)

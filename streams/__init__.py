@@ -1,7 +1,7 @@
-"""Data streams. Importing this package registers its streams and control sets by name
+"""Data streams. Importing this package registers its streams, control sets and reference sets by name
 (it is the ``streams`` provider of the ``continual.providers`` entry-point group)."""
 
-from continual.registry import CONTROLS, STREAMS
+from continual.registry import CONTROLS, REFERENCES, STREAMS
 
 STREAMS.add("fashion-mnist", "streams.classification:fashion_mnist_stream",
             "Fashion-MNIST, class-incremental (10 clothing classes; Debian dataset-fashion-mnist)")
@@ -23,3 +23,6 @@ CONTROLS.add("heldout-captions", "streams.control:heldout_captions",
              "held-out emoji / Tux Paint image-caption pairs, scored by retrieval R@K")
 CONTROLS.add("manifest-test", "streams.control:manifest_test",
              "the test split of image-caption manifests (control.sources, e.g. COCO's 5K Karpathy test), R@K")
+REFERENCES.add("files", "streams.reference",
+               "reference images (a folder, a manifest or torchvision:NAME) and sentences (a text or CSV/TSV file) "
+               "that a method names in strategy.ref_* (ZSCL)")

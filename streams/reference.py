@@ -15,6 +15,10 @@ Conceptual Captions validation captions. Here either side is configurable (``str
 
 Without either, the reference pairs are the run's default: the complement of the control set
 (the offline emoji / Tux Paint pairs the base trained on).
+
+This module is the ``files`` reference set (:data:`continual.registry.REFERENCES`, registered in
+``streams/__init__.py``; it provides :class:`continual.stream.ReferenceSource`): a strategy
+looks it up by name instead of importing it.
 """
 
 from __future__ import annotations

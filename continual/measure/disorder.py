@@ -139,17 +139,9 @@ def distribution(angles: Tensor, prefix: str = "rotation") -> dict[str, float]:
 
 
 # -- the best rotation (ours) --------------------------------------------------------------------
-def procrustes_rotation(old: Tensor, new: Tensor) -> Tensor:
-    """The orthogonal matrix R (d x d) that best maps the old features onto the new ones:
-
-        R = argmin_{R^T R = I} |X R - Y|_F = U V^T,  where X^T Y = U S V^T   (X = old, Y = new)
-
-    (Schoenemann's orthogonal Procrustes). With fewer items than dimensions R is fixed only on
-    the items' span, which is all that X R depends on."""
-    return _procrustes(unit(old), unit(new))
-
-
 def _procrustes(x: Tensor, y: Tensor) -> Tensor:  # rows already unit, float64
+    """R = argmin_{R^T R = I} |X R - Y|_F = U V^T, where X^T Y = U S V^T (Schoenemann's
+    orthogonal Procrustes); with fewer items than dimensions R is fixed only on their span."""
     u, _, vh = torch.linalg.svd(x.T @ y)
     return u @ vh
 

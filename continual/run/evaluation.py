@@ -6,10 +6,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from continual.system import distributed
+from continual.clip.extract import encode_all
 from continual.clip.heads import ClipClassifier, restrict
 from continual.measure.metrics import retrieval_metrics
 from continual.stream import ControlSet
@@ -45,13 +45,6 @@ def class_counts(classifier: ClipClassifier, dataset: Any, classes: Optional[Seq
     classifier.train(was_training)
     summed = distributed.all_reduce_sum(*correct.tolist(), *total.tolist())
     return np.array(summed[:n], dtype=float), np.array(summed[n:], dtype=float)
-
-
-@torch.no_grad()
-def encode_all(encode: Any, inputs: Any, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """L2-normalised features of ``inputs`` (a tensor or a dataset of tensors), in batches on ``device``."""
-    loader = inputs.split(batch_size) if torch.is_tensor(inputs) else DataLoader(inputs, batch_size=batch_size)
-    return torch.cat([F.normalize(encode(x.to(device)), dim=-1) for x in loader])
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from continual.run import validation
 from continual.config.load import strategy_params
 from continual.errors import ConfigError, UserError
 from continual.registry import STRATEGIES, STREAMS
+from continual.strategy import StrategyClass, member
 
 # MLflow's own limit on experiment names (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH;
 # tests/test_bad_inputs.py checks that they agree), kept here so that a dry run need not import MLflow.
@@ -32,7 +33,7 @@ MAX_EXPERIMENT_NAME_LENGTH = 500
 class Checked:
     """What the checks found and a run goes on with."""
 
-    strategy_cls: type
+    strategy_cls: StrategyClass  # its declaration (continual.strategy.Declared), the class loaded when called
     params: Any  # the strategy's validated Params (None for a method without any)
     stream_fn: Callable  # the registered stream builder
     stream: Any  # the stream's plan: sessions, classes, counts (nominal where its data is absent)
@@ -55,7 +56,8 @@ def preflight(cfg: DictConfig, strict: bool = True) -> Checked:
                 raise problem
             not_here.append(str(problem))
 
-    strategy_cls = STRATEGIES.get(cfg.strategy.name, "strategy.name")
+    # The strategy's declaration: its class (avalanche) is imported only when a run builds it.
+    strategy_cls = STRATEGIES.declared(cfg.strategy.name, "strategy.name")
     params = strategy_params(cfg, strategy_cls.Params)
     on_this_machine(device_unavailable(cfg.device))
     check_training_length(cfg, strategy_cls)
@@ -66,9 +68,8 @@ def preflight(cfg: DictConfig, strict: bool = True) -> Checked:
     stream = stream_fn(cfg.stream, cfg.seed)
     check_fit(cfg, strategy_cls, stream)
     check_model_source(cfg.model.name, cfg.model.pretrained or "")
-    if hasattr(strategy_cls, "check_model"):  # the method's fit to the model's towers, from its config
-        strategy_cls.check_model(cfg.model.name, params)
-    missing = stream.data_missing or getattr(strategy_cls, "data_missing", lambda _: None)(params)
+    member(strategy_cls, "check_model")(cfg.model.name, params)  # the method's fit to the model's towers
+    missing = stream.data_missing or member(strategy_cls, "data_missing")(params)
     on_this_machine(UserError(missing) if missing else None)  # the stream's data, or the method's own
     from continual.tracking.store import check_tracking_uri, writable_problem
 
@@ -119,7 +120,7 @@ def device_unavailable(device: str) -> ConfigError | None:
 def check_model_source(name: str, pretrained: str) -> None:
     """The model name, and the weights' file or base name (their contents are read when the model
     is built)."""
-    from continual.clip.backbone import check_source
+    from continual.clip.configs import check_source  # open_clip's configs, read without importing it
     from continual.run.pretrain import check_base
 
     check_source(name, pretrained)
@@ -127,9 +128,9 @@ def check_model_source(name: str, pretrained: str) -> None:
         check_base(pretrained.removeprefix("base:"))
 
 
-def check_training_length(cfg: DictConfig, strategy_cls: type) -> None:
+def check_training_length(cfg: DictConfig, strategy_cls: StrategyClass) -> None:
     """A session must train for something (unless the method does not train at all)."""
-    if cfg.train.epochs == 0 and cfg.train.iterations == 0 and getattr(strategy_cls, "trains", True):
+    if cfg.train.epochs == 0 and cfg.train.iterations == 0 and member(strategy_cls, "trains"):
         raise ConfigError("train.epochs=0 with train.iterations=0 trains nothing; set train.epochs >= 1 or "
                           "train.iterations >= 1 (strategy.name=zeroshot evaluates without training)")
 
@@ -149,10 +150,10 @@ def task_loss(cfg: DictConfig, stream: Any) -> str:
     return "contrastive" if stream.kind == "pairs" else "ce"
 
 
-def check_fit(cfg: DictConfig, strategy_cls: type, stream: Any) -> None:
+def check_fit(cfg: DictConfig, strategy_cls: StrategyClass, stream: Any) -> None:
     """One-line errors, before anything is built, for a method, metric or option that does not
     fit the stream."""
-    kinds = getattr(strategy_cls, "stream_kinds", ("classification", "pairs"))
+    kinds = member(strategy_cls, "stream_kinds")
     what = {"classification": "classification", "pairs": "image-text"}
     if stream.kind not in kinds:
         raise ConfigError(f"strategy '{cfg.strategy.name}' works on {' and '.join(what[k] for k in kinds)} streams, "
@@ -168,7 +169,7 @@ def check_fit(cfg: DictConfig, strategy_cls: type, stream: Any) -> None:
         raise ConfigError(f"train.loss=ce needs class labels, but '{cfg.stream.name}' holds image-text pairs; "
                           "use train.loss=contrastive or auto")
     pairs_per_batch = cfg.train.batch_size // cfg.train.accumulation_steps
-    if task_loss(cfg, stream) == "contrastive" and pairs_per_batch < 2 and getattr(strategy_cls, "trains", True):
+    if task_loss(cfg, stream) == "contrastive" and pairs_per_batch < 2 and member(strategy_cls, "trains"):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} (accumulation_steps={cfg.train.accumulation_steps}) "
                           "gives batches of one pair to the contrastive loss, which has nothing to contrast it with "
                           "(its loss is 0: nothing trains); set train.batch_size >= 2 per accumulation step")

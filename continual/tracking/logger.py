@@ -339,8 +339,6 @@ class MLflowLogger(BaseLogger, SupervisedPlugin):
         """Write `obj` as indented JSON to `artifact_file`; unknown types are written via str()."""
         self.log_text(json.dumps(obj, indent=2, default=str) + "\n", artifact_file)
 
-    log_dict = log_json
-
     @uninterrupted
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         """Write a matplotlib `figure` as the PNG artifact `artifact_file` (replacing an earlier one)."""

@@ -269,13 +269,6 @@ def find_runs(tracking_uri: str, experiment: str, tag: str, value: str) -> list:
                               order_by=["attributes.start_time DESC"])
 
 
-def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
-    """The steps at which ``key`` was logged in ``run_id``."""
-    from mlflow import MlflowClient
-
-    return [m.step for m in MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, key)]
-
-
 def source_tags(git_commit: str) -> dict[str, str]:
     """MLflow's standard source tags, which its UI shows in a run's overview: the command that
     made the run, the project's commit (without the ``-dirty`` mark), the user."""
