@@ -200,7 +200,7 @@ def storage_of(url: str, heartbeat: Optional[int] = None, grace: Optional[int] =
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                      heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
 
 
