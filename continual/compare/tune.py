@@ -193,14 +193,14 @@ def prepare(config: str, overrides: Sequence[str], trials: int, space: Sequence[
 
 # -- the study -------------------------------------------------------------------------------------
 def storage_of(url: str, heartbeat: Optional[int] = None, grace: Optional[int] = None) -> Any:
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     heartbeat, grace = heartbeat or HEARTBEAT_S, grace or GRACE_S
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                      heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
 
 
