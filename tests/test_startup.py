@@ -92,3 +92,22 @@ def test_model_configs_are_open_clips():
     for name in ("RN50", "ViT-B-16", "tiny-vit", configs.LIT_MODEL):
         assert configs.model_config(name) == open_clip.get_model_config(name)
     assert configs.model_config("no-such-model") is None
+
+
+def test_a_model_config_added_to_open_clip_at_runtime_is_known():
+    """A program that registers its own model with open_clip (as tests/_ddp_worker.py does) can run
+    it: the checks read open_clip's registry too, once open_clip is imported."""
+    import open_clip
+
+    from continual.clip import configs
+    from continual.errors import UserError
+
+    name, config = "test-added-at-runtime", {"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}
+    with pytest.raises(UserError, match="unknown open_clip model"):
+        configs.check_source(name, "")
+    open_clip.factory._MODEL_CONFIGS[name] = config
+    try:
+        configs.check_source(name, "")
+        assert configs.model_config(name) == config and name in configs.model_names()
+    finally:
+        del open_clip.factory._MODEL_CONFIGS[name]

@@ -13,6 +13,7 @@ import copy
 import functools
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -57,14 +58,22 @@ def _all_configs() -> dict[str, dict]:
     return {**configs, **own_configs()}
 
 
+def _added_at_runtime() -> dict[str, dict]:
+    """Configs a program added to open_clip in this process (``open_clip.add_model_config`` or its
+    registry), read only where open_clip is imported already: whoever added one imported it, and
+    importing it here would cost the dry run what reading the JSON saves."""
+    factory = sys.modules.get("open_clip.factory")
+    return dict(getattr(factory, "_MODEL_CONFIGS", {})) if factory is not None else {}
+
+
 def model_names() -> list[str]:
     """Every model name open_clip knows once our configs are registered (``open_clip.list_models()``)."""
-    return sorted(_all_configs())
+    return sorted({**_all_configs(), **_added_at_runtime()})
 
 
 def model_config(name: str) -> Optional[dict]:
     """The config of model ``name`` (towers, widths), or None for an unknown name; builds nothing."""
-    config = _all_configs().get(name)
+    config = _all_configs().get(name) or _added_at_runtime().get(name)
     return copy.deepcopy(config) if config is not None else None
 
 
