@@ -70,6 +70,8 @@ def test_pruning_stops_a_bad_trial_at_a_session_boundary_and_reruns_use_fresh_se
     assert pruned.data.tags[PARENT_TAG] == result.parent_id and pruned.data.params["seed"] == "1000"
     parent = client.get_run(result.parent_id)
     assert parent.data.tags["test_sealed"] == "true" and parent.data.params["chosen.train.lr"] == "0.01"
+    assert parent.data.tags["mlflow.note.content"].startswith("Chosen: train.lr=0.01") and "test sealed" in \
+        parent.data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(result.parent_id)}
     assert {"trials.csv", "trials.md", "objective_by_trial.png"} <= artifacts and "figures_error.txt" not in artifacts
     sweep_run = client.get_run(result.rerun.parent_id)

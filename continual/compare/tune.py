@@ -241,7 +241,7 @@ class Objective:
         runs = StudyRuns(plan.uri)
         oracle = f" {ORACLE_LABEL}" if plan.protocol == "oracle" else ""
         for s, seed in enumerate(plan.tuning_seeds):
-            name = f"trial {trial.number}{oracle}" + (f" seed {seed}" if len(plan.tuning_seeds) > 1 else "")
+            name = f"{plan.strategy} trial {trial.number}{oracle}" + (f" seed {seed}" if len(plan.tuning_seeds) > 1 else "")
             cfg = load_config(plan.config, [*plan.overrides, *plan.trial_overrides, *S.overrides_of(values),
                                             f"seed={seed}", f"tracking.run_name={name}"])
             seen: dict[str, Any] = {"seconds": 0.0}
@@ -557,6 +557,13 @@ def _log_study(parent: Any, study: Any, plan: Plan, best: Any, budget: dict) -> 
 
     from continual.tracking.study_runs import StudyRuns
 
+    where = "oracle: tuned on TEST data" if plan.protocol == "oracle" else "validation data, test sealed"
+    chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+    parent.set_description(
+        f"Chosen: {chosen} ({', '.join(f'{o} {v:.1f}' for o, v in zip(plan.objectives, best.values))} on {where}; "
+        f"{plan.protocol}, k = {plan.k}). Budget: {budget['trials']} trials ({budget['pruned']} pruned), "
+        f"{budget['train_seconds']:.0f} s of training. The figures and trials.md are under Artifacts; the "
+        "chosen values re-run on fresh seeds are the nested sweep.")
     metrics = {f"tune/{k}": v for k, v in budget.items()}
     metrics.update({f"tune/best/{o}": v for o, v in zip(plan.objectives, best.values)})
     rows = trials_table(study, plan)
