@@ -33,7 +33,7 @@ def objective_by_trial(points: Sequence[TrialPoint], objective: str, maximize: b
     ax.scatter([p.number for p in complete], [p.value for p in complete], label="complete", zorder=3)
     if pruned:
         ax.scatter([p.number for p in pruned], [p.value for p in pruned], marker="x", color="grey",
-                   label="pruned (its last report)")
+                   label="pruned (its value when stopped, at an earlier session)")
     best, running = None, []
     for p in complete:
         best = p.value if best is None else (max if maximize else min)(best, p.value)
