@@ -23,7 +23,7 @@ def test_default_experiment_learns_each_session_and_forgets(tmp_path):
     assert R[0].mean() > 15
     # every session is learnt, far beyond zero-shot on it (the first least: label smoothing 0.2
     # over its 2 classes asks for logits only ln 9 apart, and it is scored among all 10)...
-    assert (np.diag(R[1:]) > R[0] + 20).all() and (np.diag(R[2:]) > 95).all()
+    assert (np.diag(R[1:]) > R[0] + 20).all() and (np.diag(R[1:])[1:] > 95).all()
     # ...and naive fine-tuning forgets earlier sessions
     assert result.summary["cl/forgetting"] > 30
     # zero-shot ability on the held-out control pairs drops: that is what retention measures
