@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from continual.errors import UserError, first_line
 
@@ -239,12 +239,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = [a for a in args.configs if "=" in a]
     if not configs:
         configs = [DEFAULT_CONFIG]
-    options = {}
-    for item in args.executor_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
-        options[key] = int(value) if value.isdigit() else value
+    options = executor_options(args.executor_option)
     result = sweep(configs, overrides, parse_seeds(args.seeds) if args.seeds else None, jobs=args.jobs,
                    executor=args.executor, baseline=args.baseline, name=args.name,
                    metrics=args.metrics.split(",") if args.metrics else None, executor_options=options)
@@ -258,17 +253,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if all(o.status == "FINISHED" for o in result.outcomes) else 1
 
 
+def executor_options(items: Sequence[str]) -> dict[str, Any]:
+    """``--executor-option KEY=VALUE`` items as submitit parameters (whole numbers as ints)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
+        options[key] = int(value) if value.isdigit() else value
+    return options
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from continual.compare.sweep import parse_seeds
     from continual.compare.tune import tune
 
     config, overrides = config_and_overrides(args.config, args.overrides)
-    options = {}
-    for item in args.executor_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--executor-option '{item}' is not KEY=VALUE (e.g. slurm_partition=gpu)")
-        options[key] = int(value) if value.isdigit() else value
+    options = executor_options(args.executor_option)
     no_rerun = (args.seeds or "").strip().lower() == "none"
     result = tune(config, overrides, trials=args.trials, space=args.space, objective=args.objective,
                   protocol=args.protocol, k=args.k, seeds=None if no_rerun or not args.seeds else parse_seeds(args.seeds),
