@@ -108,3 +108,11 @@ def test_a_dead_workers_trial_is_failed_retried_and_counted_once(tmp_path, monke
                    space=["train.lr=log:1e-4:1e-2"], rerun=False, echo=quiet)  # the same command: nothing more to do
     assert len(optuna.load_study(study_name="resume", storage=storage).trials) == 2
     assert again.parent_id == result.parent_id and again.budget["trials"] == 1
+
+
+def test_an_integer_range_is_checked_with_integers():
+    """CPE-CLIP's prompt_tokens is an int: the ends of int:1:4 reach its Params as 1 and 4, not 1.0."""
+    from continual.compare.space import parse
+
+    assert parse("strategy.prompt_tokens", "int:1:4").ends() == [1, 4]
+    assert all(isinstance(v, int) for v in parse("strategy.prompt_tokens", "int:1:4").ends())

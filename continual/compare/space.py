@@ -38,7 +38,9 @@ class Dim:
 
     def ends(self) -> list[Any]:
         """The values validated before the study starts: both ends, or every choice."""
-        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+        if self.kind == "choice":
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
 
     def suggest(self, trial: Any) -> Any:
         if self.kind == "choice":
