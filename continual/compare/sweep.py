@@ -127,6 +127,11 @@ def fingerprint(children: Sequence[Child]) -> str:
 
 
 # -- running one child (in this process, a worker process or a SLURM job) --------------------------
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` processes' share of this machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def set_threads(threads: int) -> None:
     """A worker's share of the cores (torch's intra-op threads)."""
     import torch
@@ -195,7 +200,7 @@ def execute(todo: list[tuple[Child, str]], jobs: int, executor: str, folder: Pat
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_worker(jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch or sqlite state
     outcomes_by_index: dict[int, Outcome] = {}
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -334,7 +333,9 @@ def run_workers(plan: Plan, parent: str, remaining: int, jobs: int, executor: st
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // len(shares))
+    from continual.compare.sweep import threads_per_worker
+
+    threads = threads_per_worker(len(shares))
     pool = ProcessPoolExecutor(max_workers=len(shares), mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = [pool.submit(Work(), plan, parent, n, i, threads) for i, n in enumerate(shares)]
